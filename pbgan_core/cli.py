@@ -1,0 +1,255 @@
+"""The `pbgan` command line (Typer + rich). Errors print as one line with a non-zero exit."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from . import __version__
+from .console import console, errors, training_progress
+from .engine import DIRECTIONS, TrainRequest, option_table, train_task
+from .errors import PbganError, UsageError
+from .options import parse_extra_args
+from .plugins import KINDS, get_plugins
+from .store import ModelStore, default_model_dir
+
+ModelDir = typer.Option(None, "--model-dir", envvar="PBGAN_MODEL_DIR",
+                        help="Lifelong model directory [default: ./pbgan-model]")
+
+
+def _store(model_dir: Optional[Path], must_exist: bool = True) -> ModelStore:
+    store = ModelStore(model_dir or default_model_dir())
+    if must_exist and not store.exists:
+        raise PbganError(f"no pbgan model in {store.root}; train a task first or pass --model-dir")
+    return store
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"pbgan {__version__}")
+        raise typer.Exit()
+
+
+def _train_epilog() -> str:
+    plugins = get_plugins()
+    lines = ["Example: pbgan train --arch pix2pix --task facades --data ../shared/data/facades --direction BtoA "
+             "--size 64 --steps 200", "", "Options added by plugins (give them after the others):"]
+    from .engine import ENGINE_OPTIONS
+
+    lines.append("all: " + " ".join(f"--{o.flag} [{o.default}]" for o in ENGINE_OPTIONS))
+    for arch in plugins.architectures.items.values():
+        flags = " ".join(f"--{o.flag} [{o.default}]" for o in arch.options)
+        lines.append(f"{arch.name}: {flags}")
+    for fac in plugins.factorizers.items.values():
+        flags = " ".join(f"--{o.flag} [{o.default}]" for o in fac.options)
+        lines.append(f"factorizer {fac.name}: {flags or '-'}")
+    for ds in plugins.datasets.items.values():
+        flags = " ".join(f"--{o.flag} [{o.default}]" for o in ds.options)
+        lines.append(f"dataset {ds.name}: {flags or '-'}")
+    return "\n\n".join(lines)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(name="pbgan", help="Lifelong image-to-image GANs with Piggyback GAN: one generator, many "
+                      "tasks, zero forgetting.", add_completion=False, no_args_is_help=True,
+                      pretty_exceptions_enable=False, rich_markup_mode=None)
+
+    @app.callback()
+    def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")) -> None:
+        pass
+
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                 epilog=_train_epilog())
+    def train(
+        ctx: typer.Context,
+        arch: str = typer.Option(..., "--arch", help="Architecture, e.g. pix2pix (see list-plugins)"),
+        task: str = typer.Option(..., "--task", help="Name of the new task, unique in the model"),
+        data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder [default: the data home's "
+                                            "folder of the task's name, for known datasets]"),
+        direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA [default: the known "
+                                                "dataset's usual direction, else AtoB]"),
+        size: int = typer.Option(256, "--size", help="Training image size in pixels"),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (overrides --epochs)"),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs at the initial learning rate"),
+        epochs_decay: int = typer.Option(0, "--epochs-decay", help="Epochs of linear decay to zero"),
+        batch_size: int = typer.Option(1, "--batch-size"),
+        factorizer: str = typer.Option("piggyback", "--factorizer", help="How tasks share the generator"),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset plugin [default: the "
+                                              "architecture's]"),
+        derive: Optional[str] = typer.Option(None, "--derive", help="Derive conditions from a folder of photos: "
+                                             "edges, grayscale, blur or noise (implies --dataset derived)"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+        seed: int = typer.Option(0, "--seed"),
+        model_dir: Optional[Path] = ModelDir,
+    ) -> None:
+        """Train a new task of the lifelong model: the first task seeds the filter bank, later
+        tasks piggyback on it."""
+        plugins = get_plugins()
+        architecture = plugins.architectures.get(arch)
+        plugins.factorizers.get(factorizer)
+        if derive:
+            dataset = dataset or "derived"
+        dataset_name = dataset or architecture.default_dataset
+        plugins.datasets.get(dataset_name)
+        extra = parse_extra_args(ctx.args, option_table(plugins, architecture, factorizer, dataset_name),
+                                 f"--arch {arch} --factorizer {factorizer} --dataset {dataset_name}")
+        if derive:
+            extra["derive"] = derive
+        known = plugins.manager.hook.default_data(task=task)
+        if data is None:
+            if known is None:
+                raise UsageError(f"--data is required: {task!r} is not a known dataset name "
+                                 "(see `pbgan data list`)")
+            data = Path(known[0])
+            if not data.exists():
+                raise PbganError(f"no data for {task!r} in {data}; run `pbgan data download {task}` or pass --data")
+        if direction is None:
+            direction = known[1] if known else "AtoB"
+        request = TrainRequest(arch=arch, task=task, data=data, model_dir=model_dir or default_model_dir(),
+                               direction=direction, size=size, steps=steps, epochs=epochs,
+                               epochs_decay=epochs_decay, batch_size=batch_size, factorizer=factorizer,
+                               dataset=dataset, device=device, seed=seed, extra=extra)
+        progress, update = training_progress(f"{task}")
+        with progress:
+            entry = train_task(request, plugins, update)
+        p = entry["params"]
+        console.print(f"[green]trained[/] task {entry['name']!r} (#{entry['index']}) in {request.model_dir}: "
+                      f"{p['stored']:,} stored parameters, {p['stored'] / p['standalone']:.3f} of a standalone "
+                      f"generator; metrics {entry.get('metrics', {})}")
+
+    @app.command()
+    def generate(
+        input: Path = typer.Argument(..., help="An image, or a folder of images"),
+        output: Path = typer.Argument(..., help="Output folder (or a .png path for one image)"),
+        task: str = typer.Option(..., "--task", help="Which task's generator to run"),
+        direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA [default: the task's]"),
+        aligned: bool = typer.Option(False, "--aligned", help="Inputs are A|B files: use their condition half"),
+        device: str = typer.Option("cpu", "--device"),
+        model_dir: Optional[Path] = ModelDir,
+    ) -> None:
+        """Run a stored task on images and write PNGs with the inputs' base names.
+
+        Example: pbgan generate --task facades --aligned ../shared/data/facades/test out/
+        """
+        from .generate import generate as run
+
+        if direction is not None and direction not in DIRECTIONS:
+            raise UsageError(f"--direction must be AtoB or BtoA, got {direction!r}")
+        written = run(_store(model_dir), get_plugins(), task, input, output, direction, aligned, device)
+        console.print(f"wrote {len(written)} image(s) to {written[0].parent}")
+
+    @app.command()
+    def tasks(json_out: bool = typer.Option(False, "--json", help="Print JSON"),
+              model_dir: Optional[Path] = ModelDir) -> None:
+        """List the model's tasks: order, architecture, stored parameters and their ratio to a
+        standalone generator, file sizes.
+
+        Example: pbgan tasks --model-dir pbgan-model
+        """
+        from .accounting import task_rows
+
+        store = _store(model_dir)
+        rows, totals = task_rows(store)
+        if json_out:
+            print(json.dumps({"model_dir": str(store.root), "tasks": rows, "totals": totals}, indent=2))
+            return
+        table = Table(title=f"tasks in {store.root}")
+        for col in ("#", "task", "arch", "factorizer", "stored params", "x standalone", "file size", "metrics"):
+            table.add_column(col, justify="right" if col in ("#", "stored params", "x standalone", "file size") else "left")
+        for r in rows:
+            metrics = " ".join(f"{k} {v:.3f}" for k, v in (r["metrics"] or {}).items())
+            table.add_row(str(r["index"]), r["name"], r["arch"], r["factorizer"], f"{r['stored_parameters']:,}",
+                          f"{r['ratio_to_standalone']:.3f}", _human(r["file_bytes"]), metrics)
+        console.print(table)
+        console.print(f"total stored: {totals['stored_parameters']:,} parameters "
+                      f"({totals['ratio_to_standalone_per_task']:.3f} of one standalone generator per task, "
+                      f"{totals['stored_parameters'] / max(totals['standalone_parameters'], 1):.3f} of one); "
+                      f"bank: {totals['bank_filter_parameters']:,} filter parameters")
+
+    @app.command("list-plugins")
+    def list_plugins(json_out: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
+        """List installed plugins and what each provides.
+
+        Example: pbgan list-plugins --json
+        """
+        plugins = get_plugins()
+        rows = [{"name": i.name, "version": i.version, "distribution": i.distribution,
+                 "provides": {k: sorted(v) for k, v in i.provides.items()}} for i in plugins.info.values()]
+        rows.sort(key=lambda r: r["name"])
+        if json_out:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table(title="pbgan plugins")
+        for col in ("plugin", "version", "distribution", "provides"):
+            table.add_column(col)
+        for r in rows:
+            provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["provides"].items() if v) or "commands"
+            table.add_row(r["name"], r["version"] or "-", r["distribution"] or "-", provides)
+        console.print(table)
+
+    @app.command()
+    def demo(out: Path = typer.Option(Path("pbgan-demo"), "--out", help="Where the model and samples go"),
+             steps: int = typer.Option(300, "--steps", help="Training steps per task"),
+             size: int = typer.Option(64, "--size", help="Image size"),
+             device: str = typer.Option("cpu", "--device")) -> None:
+        """Train a 3-task lifelong model on built-in photos (no download) and report it.
+
+        Example: pbgan demo --steps 300
+        """
+        from .demo import run_demo
+
+        run_demo(out, steps=steps, size=size, device=device)
+
+    get_plugins().manager.hook.register_commands(cli=app)
+    return app
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    errors.print(f"warning: {message}", markup=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
+    try:
+        app = build_app()
+        result = app(args=argv, prog_name="pbgan", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except PbganError as exc:
+        errors.print(f"error: {exc}", markup=False)
+        return exc.exit_code
+    except typer.TyperException as exc:  # usage errors from the parser
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            console.print(ctx.get_help())
+            return 0
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        errors.print(f"error: {exc.format_message()}{hint}", markup=False)
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        errors.print("interrupted; the model directory is unchanged by the unfinished task", markup=False)
+        return 130
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("PBGAN_DEBUG"):
+            raise
+        errors.print(f"error: internal error {type(exc).__name__}: {exc} (set PBGAN_DEBUG=1 for the traceback)",
+                     markup=False)
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Rich consoles and the training progress bar."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console()
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def training_progress(description: str) -> tuple[Progress, callable]:
+    """A progress bar with ETA and the latest losses, and the callback that drives it."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+        console=console, transient=False,
+    )
+    task_id = progress.add_task(description, total=None, losses="")
+
+    def update(step: int, total: int, losses: Mapping[str, float]) -> None:
+        text = " ".join(f"{k} {v:.3f}" for k, v in losses.items())
+        progress.update(task_id, completed=step, total=total, losses=text)
+
+    return progress, update

@@ -1,0 +1,154 @@
+"""Image I/O: list a folder in natural order, read any image as a (3, H, W) tensor in [-1, 1],
+write PNGs atomically, and report unreadable files in one warning."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import kornia.image
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import PbganError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
+
+class BadImage(PbganError):
+    """A file that cannot be decoded as an image (truncated, corrupt, not an image)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cannot read image {path}: {reason}")
+
+
+class BadImageWarning(UserWarning):
+    """Some images in a dataset could not be read and were skipped."""
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders the numbers inside a name by value: "2.jpg" before "10.jpg"."""
+    parts = re.split(r"(\d+)", name)  # text, number, text, ...: same kinds at same positions
+    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)] + [name]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside `folder` (by extension), in natural order. Hidden files are ignored."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise PbganError(f"data folder {folder} does not exist: check the path given to --data")
+    if not folder.is_dir():
+        raise PbganError(f"data folder {folder} is not a folder: point --data at a folder of images")
+    files = [p for p in folder.iterdir()
+             if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> float32 array (H, W, 3) in [0, 1]."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit (or 32-bit int) grayscale
+        a = np.asarray(img).astype(np.float32) / 65535.0
+        return np.repeat(np.clip(a, 0.0, 1.0)[..., None], 3, axis=2)
+    if img.mode == "F":  # float grayscale: PIL's own convention is 0..255
+        a = np.asarray(img).astype(np.float32) / 255.0
+        return np.repeat(np.clip(np.nan_to_num(a), 0.0, 1.0)[..., None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):  # composite on white
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # L, 1, CMYK, YCbCr, RGBX, ...
+    return np.asarray(img).astype(np.float32) / 255.0
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decode an image fully and return a float tensor (3, H, W) in [-1, 1]. Raises BadImage."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # full decode: truncation shows up here, not later
+            img = ImageOps.exif_transpose(img)
+            array = _to_array(img)
+    except UnidentifiedImageError:
+        raise BadImage(path, "not an image") from None
+    except Image.DecompressionBombError:
+        raise BadImage(path, "too large (decompression bomb guard)") from None
+    except FileNotFoundError:
+        raise BadImage(path, "file not found") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        msg = str(e) or type(e).__name__
+        raise BadImage(path, "truncated" if "truncated" in msg.lower() else msg) from None
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise BadImage(path, "empty image")
+    x = kornia.image.image_to_tensor(np.ascontiguousarray(array), keepdim=True)  # (3, H, W)
+    return x * 2.0 - 1.0
+
+
+def load_usable(paths: Iterable[Path]) -> tuple[list[tuple[Path, torch.Tensor]], list[tuple[Path, str]]]:
+    """Read every path; return the readable ones with their tensors and the skipped ones with a reason."""
+    usable, skipped = [], []
+    for p in paths:
+        try:
+            usable.append((Path(p), read_image(p)))
+        except BadImage as e:
+            skipped.append((e.path, e.reason))
+    return usable, skipped
+
+
+def skipped_message(skipped: list[tuple[Path, str]], limit: int = 10) -> str:
+    paths = [Path(p) for p, _ in skipped]
+    folders = {p.parent for p in paths}
+    where = f" in {next(iter(folders))}" if len(folders) == 1 else ""
+    names = [f"{p.name if where else p} ({reason})" for p, (_, reason) in zip(paths, skipped)]
+    more = f", and {len(names) - limit} more" if len(names) > limit else ""
+    noun = "image" if len(skipped) == 1 else "images"
+    return f"skipped {len(skipped)} unreadable {noun}{where}: {', '.join(names[:limit])}{more}"
+
+
+def warn_skipped(skipped: list[tuple[Path, str]], stacklevel: int = 2) -> None:
+    """One BadImageWarning naming every skipped file (nothing if none)."""
+    if skipped:
+        warnings.warn(skipped_message(skipped), BadImageWarning, stacklevel=stacklevel + 1)
+
+
+# -----------------------------------------------------------------------------
+# writing
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """Tensor (3, H, W) or (1, H, W) in [-1, 1] -> 8-bit RGB PIL image."""
+    x = x.detach().to("cpu", torch.float32)
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image tensor (3, H, W) or (1, H, W), got shape {tuple(x.shape)}")
+    x = torch.nan_to_num(x, nan=0.0).clamp(-1, 1).expand(3, -1, -1)
+    x = ((x + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(np.ascontiguousarray(kornia.image.tensor_to_image(x)))
+
+
+def write_image(x: torch.Tensor, path: str | Path) -> Path:
+    """Save as PNG: same tensor -> same bytes; written to a temp file then renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    to_pil(x).save(buf, format="PNG", optimize=False, compress_level=6)  # no metadata: deterministic
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

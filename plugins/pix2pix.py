@@ -1,0 +1,137 @@
+"""pix2pix (Isola et al. 2017): U-Net generator, PatchGAN discriminator, GAN + L1 loss."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from pbgan_core.errors import PbganError
+from pbgan_core.hookspecs import hookimpl
+from pbgan_core.interfaces import Architecture, GeneratorFamily, Trainer
+from pbgan_core.options import Option
+from pbgan_core.plugins import get_plugins
+
+from .losses import gradient_penalty
+from .networks import build_discriminator, build_generator, init_weights, unet_depth
+
+
+def linear_decay(total_steps: int, decay_start: int):
+    """Constant learning rate, then linear decay to zero over the remaining steps."""
+    span = max(1, total_steps - decay_start)
+    return lambda step: 1.0 if step < decay_start else max(0.0, 1.0 - (step - decay_start + 1) / (span + 1))
+
+
+def make_optimizer(params, opts: Mapping[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.Adam([p for p in params if p.requires_grad], lr=opts["lr"], betas=(opts["beta1"], 0.999))
+
+
+def build_gan_loss(mode: str) -> nn.Module:
+    return get_plugins().losses.get(mode).build()
+
+
+GENERATOR_OPTIONS = (
+    Option("ngf", 64, "generator filters in the first layer"),
+    Option("norm", "batch", "normalization layer", choices=("batch", "instance", "none")),
+    Option("no-dropout", False, "disable dropout in the generator"),
+    Option("init-type", "normal", "weight initialization", choices=("normal", "xavier", "kaiming", "orthogonal")),
+)
+DISCRIMINATOR_OPTIONS = (
+    Option("netD", "basic", "discriminator", choices=("basic", "n_layers", "pixel")),
+    Option("ndf", 64, "discriminator filters in the first layer"),
+    Option("n-layers-d", 3, "layers of the n_layers PatchGAN"),
+    Option("lr", 2e-4, "Adam learning rate"),
+    Option("beta1", 0.5, "Adam beta1"),
+)
+
+
+class Pix2Pix(Architecture):
+    name = "pix2pix"
+    description = "U-Net generator + PatchGAN, GAN + L1 loss (Isola et al. 2017)"
+    paired = True
+    default_dataset = "aligned"
+    options = (
+        Option("netG", "auto", "generator: unet_N (N a power of two) or auto (follows --size)"),
+        *GENERATOR_OPTIONS,
+        *DISCRIMINATOR_OPTIONS,
+        Option("gan-mode", "vanilla", "adversarial loss", choices=("vanilla", "lsgan", "hinge", "wgangp")),
+        Option("lambda-l1", 100.0, "weight of the L1 loss"),
+    )
+
+    def build_generators(self, opts: Mapping[str, Any]) -> dict[str, nn.Module]:
+        netG = opts["netG"]
+        if not netG.startswith("unet_") and netG != "auto":
+            raise PbganError(f"pix2pix needs a U-Net generator (unet_N or auto), got --netG {netG}")
+        try:
+            unet_depth(netG, opts["size"])
+            net = build_generator(netG, 3, 3, opts["ngf"], opts["norm"], not opts["no_dropout"], opts["size"])
+        except ValueError as exc:
+            raise PbganError(f"--netG {netG} at --size {opts['size']}: {exc}") from None
+        return {"G": init_weights(net, opts["init_type"])}
+
+    def build_trainer(self, generators, opts, device, total_steps):
+        return Pix2PixTrainer(generators["G"], opts, device, total_steps)
+
+
+class Pix2PixTrainer(Trainer):
+    def __init__(self, G: nn.Module, opts: Mapping[str, Any], device: torch.device, total_steps: int):
+        self.G, self.opts = G, opts
+        self.D = init_weights(build_discriminator(opts["netD"], 6, opts["ndf"], opts["n_layers_d"], opts["norm"]),
+                              opts["init_type"]).to(device)
+        self.gan = build_gan_loss(opts["gan_mode"]).to(device)
+        self.l1 = nn.L1Loss()
+        self.opt_G = make_optimizer(G.parameters(), opts)
+        self.opt_D = make_optimizer(self.D.parameters(), opts)
+        schedule = linear_decay(total_steps, opts.get("decay_start", total_steps // 2))
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in (self.opt_G, self.opt_D)]
+        self.source, self.target = ("A", "B") if opts["direction"] == "AtoB" else ("B", "A")
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        real_a, real_b = batch[self.source], batch[self.target]
+        fake_b = self.G(real_a)
+
+        self.D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        fake_ab = torch.cat([real_a, fake_b.detach()], 1)
+        real_ab = torch.cat([real_a, real_b], 1)
+        loss_d = 0.5 * (self.gan(self.D(fake_ab), False) + self.gan(self.D(real_ab), True))
+        if self.opts["gan_mode"] == "wgangp":
+            loss_d = loss_d + gradient_penalty(self.D, real_ab, fake_ab)
+        loss_d.backward()
+        self.opt_D.step()
+
+        self.D.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_gan = self.gan(self.D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
+        loss_l1 = self.l1(fake_b, real_b)
+        (loss_gan + self.opts["lambda_l1"] * loss_l1).backward()
+        self.opt_G.step()
+        for s in self.schedulers:
+            s.step()
+        return {"G_GAN": loss_gan.item(), "G_L1": loss_l1.item(), "D": loss_d.item()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"D": self.D.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+                "sched": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.D.load_state_dict(state["D"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        for s, st in zip(self.schedulers, state["sched"]):
+            s.load_state_dict(st)
+
+
+def _build_unet(name: str = "auto", input_nc: int = 3, output_nc: int = 3, size: int | None = None, **kw) -> nn.Module:
+    return build_generator(name, input_nc, output_nc, size=size, **kw)
+
+
+@hookimpl
+def register_architectures(register):
+    register(Pix2Pix())
+
+
+@hookimpl
+def register_generators(register):
+    register(GeneratorFamily("unet", _build_unet, ("unet_128", "unet_256", "unet_N", "auto"),
+                             "U-Net with skip connections (pix2pix UnetGenerator)"))
