@@ -196,12 +196,12 @@ def build_app() -> typer.Typer:
 
     @app.command()
     def demo(out: Path = typer.Option(Path("pbgan-demo"), "--out", help="Where the model and samples go"),
-             steps: int = typer.Option(300, "--steps", help="Training steps per task"),
+             steps: int = typer.Option(500, "--steps", help="Training steps per task"),
              size: int = typer.Option(64, "--size", help="Image size"),
              device: str = typer.Option("cpu", "--device")) -> None:
         """Train a 3-task lifelong model on built-in photos (no download) and report it.
 
-        Example: pbgan demo --steps 300
+        Example: pbgan demo --steps 500
         """
         from .demo import run_demo
 
