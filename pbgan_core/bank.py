@@ -35,9 +35,9 @@ class FilterBank:
     def __init__(self) -> None:
         self.segments: list[Segment] = []
 
-    def append(self, task: str, tensors: dict[str, torch.Tensor]) -> Segment:
-        tensors = {k: v.detach().clone().contiguous() for k, v in tensors.items()}
-        segment = Segment(task, tensors, tensors_digest(tensors))
+    def append(self, task: str, tensors: dict[str, torch.Tensor], digest: str | None = None) -> Segment:
+        """Add a task's filters. `digest` may name the verified hash of the file they came from."""
+        segment = Segment(task, tensors, digest or tensors_digest(tensors))
         self.segments.append(segment)
         return segment
 

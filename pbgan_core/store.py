@@ -161,7 +161,7 @@ class ModelStore:
         bank = FilterBank()
         for entry in self.tasks[: len(self.tasks) if length is None else length]:
             tensors, _ = self.read_tensors(entry["bank_file"], entry["bank_sha256"])
-            bank.append(entry["name"], tensors)
+            bank.append(entry["name"], tensors, entry["bank_sha256"])
         return bank
 
     def load_task(self, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor], FilterBank]:

@@ -125,7 +125,7 @@ class PiggybackConv(nn.Module):
 
     def dense(self) -> nn.Module:
         """A plain nn.Conv2d / nn.ConvTranspose2d with the current weight."""
-        w = self.weight.detach()
+        w = self.weight.detach().contiguous()
         cls = nn.ConvTranspose2d if self.transposed else nn.Conv2d
         in_ch, out_ch = (w.shape[0], w.shape[1]) if self.transposed else (w.shape[1], w.shape[0])
         kwargs: dict[str, Any] = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
@@ -134,7 +134,7 @@ class PiggybackConv(nn.Module):
         if self.transposed:
             kwargs["output_padding"] = self.output_padding
         conv = cls(in_ch, out_ch, w.shape[-2:], **kwargs)
-        conv.weight = nn.Parameter(w.clone())
+        conv.weight = nn.Parameter(w.clone() if self.coef is None else w)  # else w is a fresh tensor
         if self.bias is not None:
             conv.bias = nn.Parameter(self.bias.detach().clone())
         return conv
