@@ -87,6 +87,10 @@ def build_app() -> typer.Typer:
                                              "edges, grayscale, blur or noise (implies --dataset derived)"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         seed: int = typer.Option(0, "--seed"),
+        resume: bool = typer.Option(False, "--resume", help="Continue the task's interrupted run from its "
+                                    "checkpoint (give the same options)"),
+        checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Save a checkpoint every N steps "
+                                             "(0: only when interrupted)"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
         """Train a new task of the lifelong model: the first task seeds the filter bank, later
@@ -115,7 +119,8 @@ def build_app() -> typer.Typer:
         request = TrainRequest(arch=arch, task=task, data=data, model_dir=model_dir or default_model_dir(),
                                direction=direction, size=size, steps=steps, epochs=epochs,
                                epochs_decay=epochs_decay, batch_size=batch_size, factorizer=factorizer,
-                               dataset=dataset, device=device, seed=seed, extra=extra)
+                               dataset=dataset, device=device, seed=seed, extra=extra,
+                               resume=resume, checkpoint_every=checkpoint_every)
         progress, update = training_progress(f"{task}")
         with progress:
             entry = train_task(request, plugins, update)

@@ -2,6 +2,8 @@
 -> evaluate every task so far."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import math
 import time
@@ -13,6 +15,8 @@ import torch
 from torch import nn
 
 from . import __version__
+from .checkpoint import (DeferredInterrupt, checkpoint_path, load_checkpoint, remove_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
 from .errors import PbganError
 from .interfaces import Architecture
 from .options import Option, defaults
@@ -45,6 +49,8 @@ class TrainRequest:
     device: str = "auto"
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    checkpoint_every: int = 200
 
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
@@ -129,18 +135,95 @@ def _loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, w
                                        num_workers=workers, generator=g)
 
 
-def _batches(loader) -> Any:
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def _batches(data: torch.utils.data.Dataset, batch_size: int, workers: int, seed: int, start: int = 0) -> Any:
+    """Training batches from step `start` on. Each epoch's order depends only on (seed, epoch),
+    so a resumed run continues with exactly the batches an uninterrupted one would see."""
+    epoch, skip = divmod(start, math.ceil(len(data) / batch_size))
     while True:
+        order = _epoch_order(len(data), seed, epoch)[skip * batch_size:]
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=order, num_workers=workers,
+                                             generator=torch.Generator().manual_seed(seed + epoch))
         yielded = False
         for batch in loader:
             yielded = True
             yield batch
-        if not yielded:
+        if not yielded and not skip:
             raise PbganError("the training data yielded no batch; check --data and --max-images")
+        epoch, skip = epoch + 1, 0
+
+
+def _json_options(opts: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in opts.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+# options that may change between an interrupted run and its resumption
+RESUME_MAY_CHANGE = ("num_workers", "eval_images")
+
+
+def _check_resumable(ckpt: Mapping[str, Any], req: TrainRequest, opts: Mapping[str, Any], total: int,
+                     bank_fingerprint: str, where: Path) -> None:
+    then, now = dict(ckpt["options"]), _json_options(opts)
+    then.update(arch=ckpt["request"]["arch"], factorizer=ckpt["request"]["factorizer"], total_steps=ckpt["total"])
+    now.update(arch=req.arch, factorizer=req.factorizer, total_steps=total)
+    changed = sorted(k for k in set(then) | set(now) if k not in RESUME_MAY_CHANGE and then.get(k) != now.get(k))
+    if changed:
+        k = changed[0]
+        raise PbganError(f"the checkpoint {where} was made with {k}={then.get(k)!r}, this run has {now.get(k)!r}; "
+                         "resume with the same options, or delete the checkpoint folder to start over")
+    if ckpt["bank_fingerprint"] != bank_fingerprint:
+        raise PbganError(f"the model changed since the checkpoint {where} was made (another task was stored); "
+                         "delete the checkpoint folder and train the task again")
+
+
+def probe_task(store: ModelStore, plugins: Plugins, name: str) -> str:
+    """The probe hash of a stored task, computed on one CPU thread: summation order (and so
+    the last bits) of matrix products can depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        entry, generators = load_generators(store, plugins, name)
+        return probe_sha256(generators, int(entry["options"]["size"]))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def probe_sha256(generators: Mapping[str, nn.Module], size: int) -> str:
+    """Hash of the generators' outputs on a fixed seeded input: proves they still compute the
+    same function (`pbgan verify` recomputes it)."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for gname in sorted(generators):
+            gen = generators[gname]
+            first = next(m for m in gen.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+            x = torch.rand(1, first.in_channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            y = gen(x.to(next(gen.parameters()).device)).detach().cpu().contiguous()
+            h.update(f"{gname}|{tuple(y.shape)}|".encode())
+            h.update(y.numpy().tobytes())
+    return h.hexdigest()
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class Interrupted(PbganError):
+    exit_code = 130
+
+
+def _find_checkpoint(store: ModelStore, req: TrainRequest) -> dict[str, Any] | None:
+    ckpt = load_checkpoint(store.root, req.task)
+    where = checkpoint_path(store.root, req.task)
+    if req.resume and ckpt is None:
+        raise PbganError(f"no checkpoint of task {req.task!r} in {where.parent}: nothing to resume; "
+                         "run without --resume to start the task")
+    if not req.resume and ckpt is not None:
+        raise PbganError(f"task {req.task!r} has a checkpoint of an interrupted run in {where.parent}; "
+                         "add --resume to continue it, or delete that folder to start over")
+    return ckpt
 
 
 def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -156,6 +239,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
     device = pick_device(req.device)
 
     with store.lock():
+        ckpt = _find_checkpoint(store, req)
         torch.manual_seed(req.seed)
         train_data = dataset_plugin.build(Path(req.data), "train", opts, train=True)
         if len(train_data) == 0:
@@ -190,16 +274,40 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             gen.to(device).train()
         trainer = arch.build_trainer(generators, opts, device, total)
 
+        start, earlier_seconds, losses = 0, 0.0, {}
+        if ckpt is not None:
+            _check_resumable(ckpt, req, opts, total, bank.fingerprint(), checkpoint_path(store.root, req.task))
+            for gname, gen in generators.items():
+                gen.load_state_dict(ckpt["generators"][gname])
+            trainer.load_state_dict(ckpt["trainer"])
+            start, earlier_seconds, losses = ckpt["step"], ckpt["seconds"], ckpt["losses"]
+            set_rng_state(ckpt["rng"])
+
         started = time.perf_counter()
-        losses: dict[str, float] = {}
-        loader = _loader(train_data, req.batch_size, True, opts["num_workers"], req.seed)
-        for step, batch in zip(range(total), _batches(loader)):
-            losses = trainer.step(to_device(batch, device))
-            if not all(math.isfinite(v) for v in losses.values()):
-                raise PbganError(f"training diverged at step {step + 1} (losses {losses}); lower --lr")
-            if progress:
-                progress(step + 1, total, losses)
-        seconds = time.perf_counter() - started
+
+        def checkpoint(done: int) -> Path:
+            return save_checkpoint(store.root, req.task, {
+                "step": done, "total": total, "seconds": earlier_seconds + time.perf_counter() - started,
+                "losses": losses, "bank_fingerprint": bank.fingerprint(), "options": _json_options(opts),
+                "request": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(req).items()},
+                "generators": {g: gen.state_dict() for g, gen in generators.items()},
+                "trainer": trainer.state_dict(), "rng": rng_state()})
+
+        batches = _batches(train_data, req.batch_size, opts["num_workers"], req.seed, start)
+        with DeferredInterrupt() as interrupt:
+            for step, batch in zip(range(start, total), batches):
+                losses = trainer.step(to_device(batch, device))
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise PbganError(f"training diverged at step {step + 1} (losses {losses}); lower --lr")
+                if progress:
+                    progress(step + 1, total, losses)
+                if interrupt.requested:
+                    path = checkpoint(step + 1)
+                    raise Interrupted(f"interrupted at step {step + 1} of {total}; saved {path}: run the same "
+                                      "command with --resume to continue")
+                if req.checkpoint_every > 0 and (step + 1) % req.checkpoint_every == 0 and step + 1 < total:
+                    checkpoint(step + 1)
+        seconds = earlier_seconds + time.perf_counter() - started
 
         task_tensors: dict[str, torch.Tensor] = {}
         new_filters: dict[str, torch.Tensor] = {}
@@ -210,7 +318,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             stored += factorizer.stored_parameters(gen)
             task_tensors.update({f"{gname}/{k}": v for k, v in kept.items()})
             new_filters.update({f"{gname}/{k}": v for k, v in added.items()})
-        json_opts = {k: v for k, v in opts.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        json_opts = _json_options(opts)
         entry = {
             "name": req.task, "arch": req.arch, "factorizer": req.factorizer, "dataset": opts["dataset"],
             "data": str(req.data), "direction": req.direction, "options": json_opts, "signature": signature,
@@ -219,12 +327,16 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             "train": {"steps": total, "seconds": round(seconds, 3), "final_losses": losses,
                       "device": str(device), "pbgan": __version__},
         }
+        if start:
+            entry["train"]["resumed_at_step"] = start
         store.add_task(entry, task_tensors, new_filters, bank.fingerprint())
+        store.update_entry(req.task, probe_sha256=probe_task(store, plugins, req.task))
+        remove_checkpoint(store.root, req.task)
         evaluate_all(store, plugins, after=req.task)
     return store.task(req.task)
 
 
-def test_split(entry: Mapping[str, Any], plugins: Plugins) -> torch.utils.data.Dataset:
+def eval_split(entry: Mapping[str, Any], plugins: Plugins) -> torch.utils.data.Dataset:
     dataset = plugins.datasets.get(entry["dataset"])
     return dataset.build(Path(entry["data"]), "test", entry["options"], train=False)
 
@@ -236,17 +348,24 @@ def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=(
     arch = plugins.architectures.get(entry["arch"])
     gen = generators[arch.generator_for(entry["direction"])]
     source, target = ("A", "B") if entry["direction"] == "AtoB" else ("B", "A")
-    data = test_split(entry, plugins)
+    data = eval_split(entry, plugins)
     limit = limit if limit is not None else entry["options"].get("eval_images", 0)
     count = len(data) if not limit else min(limit, len(data))
     metrics = [plugins.metrics.get(m) for m in metric_names]
-    sums = {m.name: 0.0 for m in metrics}
+    sets = {m.name: m.accumulator() for m in metrics if getattr(m, "set_level", False)}  # e.g. fid
+    per_image = [m for m in metrics if m.name not in sets]
+    sums = {m.name: 0.0 for m in per_image}
     loader = _loader(torch.utils.data.Subset(data, range(count)), 8, False, 0, 0)
     for batch in loader:
-        fake = gen(batch[source])
-        for m in metrics:
-            sums[m.name] += float(m.fn(fake, batch[target]).sum())
-    return {k: round(v / max(count, 1), 6) for k, v in sums.items()}
+        fake, real = gen(batch[source]), batch[target]
+        for acc in sets.values():  # set-level: the translated set against the target domain
+            acc.update(fake, real)
+        if not arch.paired:  # an unpaired target is an unrelated image: score the round trip back instead
+            fake, real = generators[arch.generator_for(f"{target}to{source}")](fake), batch[source]
+        for m in per_image:
+            sums[m.name] += float(m.fn(fake, real).sum())
+    found = {k: v / max(count, 1) for k, v in sums.items()} | {k: acc.compute() for k, acc in sets.items()}
+    return {m.name: round(float(found[m.name]), 6) for m in metrics}
 
 
 def evaluate_all(store: ModelStore, plugins: Plugins, after: str) -> dict[str, dict[str, float]]:

@@ -1,0 +1,122 @@
+"""Lifelong benchmark: one task sequence, every sharing method, same steps and seed.
+
+    facades (labels -> photo, BtoA) -> edges2shoes (edges -> photo, BtoA) -> facades-gray
+    (grayscale facades photo -> colour photo, derived from the photo half A)
+
+Each method trains the whole sequence in its own model directory through the same engine
+(`--factorizer NAME`). One table: final PSNR/SSIM/L1 per task, forgetting, total stored
+parameters and their ratio to one standalone generator, and training time relative to the
+standalone method (or to piggyback when standalone is not installed).
+
+    python benchmarks/lifelong.py --size 64 --steps 300 --ngf 32 --eval-images 32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pbgan_core.engine import TrainRequest, train_task
+from pbgan_core.plugins import get_plugins
+from pbgan_core.report import forgetting, stage_matrix
+from pbgan_core.store import ModelStore
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+METHODS = ("standalone", "finetune", "piggyback", "lowrank", "mask")
+
+
+def sequence(data: Path) -> list[dict]:
+    return [
+        dict(task="facades", data=data / "facades", direction="BtoA", dataset="aligned", extra={}),
+        dict(task="edges2shoes", data=data / "edges2shoes", direction="BtoA", dataset="aligned", extra={}),
+        dict(task="facades-gray", data=data / "facades", direction="AtoB", dataset="derived",
+             extra={"derive": "grayscale", "half": "A"}),
+    ]
+
+
+def run_method(method: str, args, root: Path) -> dict:
+    plugins = get_plugins()
+    model_dir = root / method
+    shutil.rmtree(model_dir, ignore_errors=True)
+    common = {"ngf": args.ngf, "ndf": args.ngf, "eval_images": args.eval_images, "max_images": args.max_images}
+    started = time.perf_counter()
+    for spec in sequence(args.data):
+        torch.manual_seed(args.seed)
+        request = TrainRequest(arch="pix2pix", task=spec["task"], data=spec["data"], model_dir=model_dir,
+                               direction=spec["direction"], size=args.size, steps=args.steps,
+                               factorizer=method, dataset=spec["dataset"], device=args.device, seed=args.seed,
+                               extra={**common, **spec["extra"]})
+        entry = train_task(request, plugins)
+        print(f"  {method}: {entry['name']} done, metrics {entry['metrics']}", flush=True)
+    wall = time.perf_counter() - started
+    store = ModelStore(model_dir)
+    stages = store.manifest["stages"]
+    final = stages[-1]["metrics"]
+    drops = {}
+    for metric in ("psnr", "ssim", "l1"):
+        tasks, matrix = stage_matrix(stages, metric)
+        drops[metric] = dict(zip(tasks, forgetting(matrix, plugins.metrics.get(metric).higher_is_better)))
+    return {
+        "method": method, "final": final, "forgetting": drops,
+        "stored": sum(t["params"]["stored"] for t in store.tasks),
+        "standalone": store.tasks[0]["params"]["standalone"],
+        "train_seconds": sum(t["train"]["seconds"] for t in store.tasks), "wall_seconds": wall,
+    }
+
+
+def table(results: list[dict]) -> str:
+    base = next((r for r in results if r["method"] == "standalone"), None) or \
+        next((r for r in results if r["method"] == "piggyback"), results[0])
+    lines = [f"time ratio is training seconds relative to {base['method']}",
+             "| method | task | PSNR | SSIM | L1 | forgetting SSIM | forgetting PSNR | stored params (all tasks) "
+             "| x one standalone | time ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for k, (task, m) in enumerate(r["final"].items()):
+            fs, fp = r["forgetting"]["ssim"][task], r["forgetting"]["psnr"][task]
+            tail = (f"{r['stored']:,} | {r['stored'] / r['standalone']:.3f} | "
+                    f"{r['train_seconds'] / base['train_seconds']:.2f}") if k == 0 else " | | "
+            lines.append(f"| {r['method']} | {task} | {m['psnr']:.3f} | {m['ssim']:.4f} | {m['l1']:.4f} | "
+                         f"{'-' if fs is None else f'{fs:+.4f}'} | {'-' if fp is None else f'{fp:+.3f}'} | {tail} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=300, help="training steps per task, every method")
+    parser.add_argument("--ngf", type=int, default=32, help="generator and discriminator width")
+    parser.add_argument("--eval-images", type=int, default=32)
+    parser.add_argument("--max-images", type=int, default=0, help="training images per task (0: all)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=None, help="model directories [default: a temp folder]")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    registered = get_plugins().factorizers
+    wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m for m in wanted if m in registered]
+    skipped = [m for m in wanted if m not in registered]
+    if skipped:
+        print(f"skipped (not installed): {', '.join(skipped)}")
+    if not methods:
+        raise SystemExit("no requested method is installed; see `pbgan list-plugins`")
+    root = args.out or Path(tempfile.mkdtemp(prefix="pbgan-bench-"))
+    results = []
+    for method in methods:
+        results.append(run_method(method, args, root))
+        if args.json:  # after every method, so a long run keeps what it finished
+            args.json.write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""`pbgan eval` (metrics now, the task-by-stage matrix and forgetting) and `pbgan report`
+(an HTML page with samples, metrics, a heatmap and parameter growth)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from pbgan_core.hookspecs import hookimpl
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+@hookimpl
+def register_commands(cli):
+    import typer
+    from rich.table import Table
+
+    from pbgan_core.cli import ModelDir, _store
+    from pbgan_core.console import console
+    from pbgan_core.engine import evaluate_task
+    from pbgan_core.errors import UsageError
+    from pbgan_core.plugins import get_plugins
+    from pbgan_core.report import build_report, forgetting, stage_matrix
+
+    from . import metrics as metric_plugin
+
+    @cli.command("eval")
+    def eval_cmd(
+        task: Optional[str] = typer.Option(None, "--task", help="Only this task [default: every task]"),
+        metrics: str = typer.Option("l1,psnr,ssim", "--metrics", help="Comma-separated metric names "
+                                    "(see list-plugins); lpips and fid need their weights"),
+        matrix_metric: str = typer.Option("ssim", "--matrix-metric", help="Metric of the task-by-stage "
+                                          "matrix and forgetting (one recorded during training)"),
+        images: Optional[int] = typer.Option(None, "--images", help="Test images per task (0: all) "
+                                             "[default: the task's --eval-images]"),
+        fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="Inception weights for fid "
+                                                   "[default: $PBGAN_FID_WEIGHTS]"),
+        lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="LPIPS weights "
+                                                     "[default: $PBGAN_LPIPS_WEIGHTS]"),
+        json_out: bool = typer.Option(False, "--json", help="Print JSON"),
+        model_dir: Optional[Path] = ModelDir,
+    ) -> None:
+        """Score every task (or one) on its test split now, then show how each task's metric moved
+        as later tasks were trained (rows: after training task i; columns: task j) and its
+        forgetting (best earlier value minus final value; positive = got worse).
+
+        Example: pbgan eval --metrics l1,psnr,ssim --model-dir pbgan-model
+        """
+        plugins = get_plugins()
+        store = _store(model_dir)
+        names = [m.strip() for m in metrics.split(",") if m.strip()]
+        if not names:
+            raise UsageError("--metrics is empty; give names such as l1,psnr,ssim")
+        for name in names:
+            plugins.metrics.get(name)
+        higher = plugins.metrics.get(matrix_metric).higher_is_better
+        metric_plugin.configure(fid_weights=fid_weights, lpips_weights=lpips_weights)
+        chosen = [store.task(task)["name"]] if task else [t["name"] for t in store.tasks]
+        now = {name: evaluate_task(store, plugins, name, names, images) for name in chosen}
+
+        stages = store.manifest.get("stages", [])
+        tasks, matrix = stage_matrix(stages, matrix_metric) if stages else ([], [])
+        drops = dict(zip(tasks, forgetting(matrix, higher)))
+        if json_out:
+            print(json.dumps({"model_dir": str(store.root), "metrics": now,
+                              "matrix": {"metric": matrix_metric, "higher_is_better": higher, "tasks": tasks,
+                                         "after": [s["after"] for s in stages], "values": matrix},
+                              "forgetting": drops}, indent=2))
+            return
+        table = Table(title=f"metrics now ({store.root})")
+        table.add_column("task")
+        for name in names:
+            table.add_column(name, justify="right")
+        for t, values in now.items():
+            table.add_row(t, *[_fmt(values[n]) for n in names])
+        console.print(table)
+        if not stages:
+            return
+        grid = Table(title=f"{matrix_metric} after each task")
+        grid.add_column("after")
+        for t in tasks:
+            grid.add_column(t, justify="right")
+        for stage, row in zip(stages, matrix):
+            grid.add_row(stage["after"], *[_fmt(v) for v in row])
+        grid.add_row("forgetting", *[_fmt(drops[t]) for t in tasks], style="bold")
+        console.print(grid)
+        console.print(f"rows: after training task i; columns: task j; {'higher' if higher else 'lower'} is better; "
+                      "forgetting: best earlier value minus the final one, positive = got worse")
+
+    @cli.command("report")
+    def report_cmd(
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: MODEL_DIR/report]"),
+        metric: str = typer.Option("ssim", "--metric", help="Metric of the task-by-stage heatmap"),
+        samples: int = typer.Option(4, "--samples", help="Test images per task in the sample grids"),
+        model_dir: Optional[Path] = ModelDir,
+    ) -> None:
+        """Write an HTML report (index.html and PNGs, opens from disk): sample grids
+        (condition | output | target), metrics, the task-by-stage heatmap and parameter growth.
+
+        Example: pbgan report --model-dir pbgan-model
+        """
+        store = _store(model_dir)
+        index = build_report(store, get_plugins(), out or store.root / "report", metric, samples)
+        console.print(f"wrote {index}")

@@ -1,0 +1,119 @@
+"""`pbgan verify`: prove a model directory is intact.
+
+For every task: its task and bank files match the manifest's hashes and parse, its bank
+prefix has the fingerprint it was trained on, every stored tensor has the shape the
+generator needs, and the rebuilt generator reproduces the probe output recorded at training.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import typer
+
+from pbgan_core.bank import FilterBank
+from pbgan_core.errors import PbganError
+from pbgan_core.hookspecs import hookimpl
+from pbgan_core.store import ModelStore
+
+
+def _read(store: ModelStore, rel: str, sha256: str | None, problems: list[str]):
+    try:
+        return store.read_tensors(rel, sha256)
+    except PbganError as exc:
+        problems.append(str(exc))
+        return None, None
+
+
+def _shape_problems(store: ModelStore, plugins, entry: dict[str, Any], tensors: dict[str, torch.Tensor],
+                    new_filters: dict[str, torch.Tensor], bank: FilterBank) -> list[str]:
+    """Compare every stored tensor with what the task's wrapped generator expects, by name."""
+    arch = plugins.architectures.get(entry["arch"])
+    factorizer = plugins.factorizers.get(entry["factorizer"])
+    with torch.device("meta"):
+        generators = arch.build_generators(entry["options"])
+    problems = []
+    for gname, gen in generators.items():
+        factorizer.wrap(gen, bank.prefix(len(bank), gname), entry["options"], initialize=False)
+        lead = f"{gname}/"
+        stored = factorizer.join({k[len(lead):]: v for k, v in tensors.items() if k.startswith(lead)},
+                                 {k[len(lead):]: v for k, v in new_filters.items() if k.startswith(lead)})
+        expected = gen.state_dict()
+        for key in sorted(set(expected) - set(stored)):
+            problems.append(f"{entry['file']}: tensor {gname}/{key} is missing")
+        for key in sorted(set(stored) - set(expected)):
+            problems.append(f"{entry['file']}: unexpected tensor {gname}/{key}")
+        for key in sorted(set(stored) & set(expected)):
+            if stored[key].shape != expected[key].shape:
+                problems.append(f"{entry['file']}: tensor {gname}/{key} has shape {tuple(stored[key].shape)}, "
+                                f"the generator needs {tuple(expected[key].shape)}")
+    return problems
+
+
+def verify_model(store: ModelStore, plugins, report) -> int:
+    """Check every task; `report(name, problems)` is called per task. Returns the problem count."""
+    from pbgan_core.engine import probe_task
+
+    bank, bank_whole, total = FilterBank(), True, 0
+    for entry in store.tasks:
+        problems: list[str] = []
+        tensors, meta = _read(store, entry["file"], entry.get("sha256"), problems)
+        new_filters, _ = _read(store, entry["bank_file"], entry.get("bank_sha256"), problems)
+        if not bank_whole:
+            problems.append("its bank prefix cannot be rebuilt: an earlier task's bank file is damaged")
+        elif bank.fingerprint() != entry.get("bank_fingerprint"):
+            problems.append(f"the bank before it has fingerprint {bank.fingerprint()[:12]}, the manifest records "
+                            f"{str(entry.get('bank_fingerprint'))[:12]}: bank files were changed or reordered")
+        elif meta is not None and meta.get("bank_fingerprint") != bank.fingerprint():
+            problems.append(f"{entry['file']} was trained against another bank: it belongs to another model")
+        if not problems:
+            problems += _shape_problems(store, plugins, entry, tensors, new_filters, bank)
+        if not problems:
+            try:
+                probe = probe_task(store, plugins, entry["name"])
+            except PbganError as exc:
+                problems.append(str(exc))
+            else:
+                if entry.get("probe_sha256") is None:
+                    problems.append("no probe output was recorded for it (trained by an older pbgan?)")
+                elif probe != entry["probe_sha256"]:
+                    problems.append("its generator no longer computes the probe output recorded at training")
+        if new_filters is None:
+            bank_whole = False
+        else:
+            bank.append(entry["name"], new_filters, entry.get("bank_sha256"))  # as ModelStore.load_bank does
+        report(entry["name"], problems)
+        total += len(problems)
+    return total
+
+
+@hookimpl
+def register_commands(cli):
+    from pbgan_core.console import console
+    from pbgan_core.plugins import get_plugins
+    from pbgan_core.store import default_model_dir
+
+    @cli.command()
+    def verify(model_dir: Optional[Path] = typer.Option(None, "--model-dir", envvar="PBGAN_MODEL_DIR",
+                                                        help="Lifelong model directory [default: ./pbgan-model]")
+               ) -> None:
+        """Check every stored file against the manifest, each task's bank fingerprint and
+        tensor shapes, and recompute each task's probe output.
+
+        Example: pbgan verify --model-dir pbgan-model
+        """
+        store = ModelStore(model_dir or default_model_dir())
+        if not store.exists:
+            raise PbganError(f"no pbgan model in {store.root}; pass --model-dir")
+
+        def report(name: str, problems: list[str]) -> None:
+            if not problems:
+                console.print(f"OK    {name}", markup=False)
+            for p in problems:
+                console.print(f"FAIL  {name}: {p}", markup=False, soft_wrap=True)
+
+        failed = verify_model(store, get_plugins(), report)
+        if failed:
+            raise PbganError(f"{failed} problem(s) in {store.root}: restore the named files from a backup")
+        console.print(f"{len(store.tasks)} task(s) verified in {store.root}", markup=False)

@@ -1,0 +1,249 @@
+"""Bad input across the command line: each case ends in one clear `error:` line and a non-zero
+exit (or, where skipping is right, a counted warning), and never costs the model a byte."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load, save
+
+from pbgan_core.cli import main
+from tests.conftest import FACADES, TINY, needs_data
+
+pytestmark = needs_data(FACADES)
+
+FAST = [*TINY, "--max-images", "4", "--eval-images", "1", "--steps", "1"]
+
+
+def write_pairs(folder: Path, n: int = 3, mode: str = "RGB", size=(64, 32), splits=("train", "test")) -> Path:
+    """An aligned dataset: A|B images, width twice the height."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            w, h = size
+            if mode == "I;16":
+                img = Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16))
+            else:
+                img = Image.fromarray(rng.integers(0, 255, (h, w, 4), dtype=np.uint8), "RGBA").convert(mode)
+            img.save(folder / split / f"{i}.png")
+    return folder
+
+
+def train(model: Path, data: Path, *more) -> list:
+    return ["train", "--arch", "pix2pix", "--task", "new", "--data", data, *FAST, *more, "--model-dir", model]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- the cases: (tmp, model) -> (argv, expected) where expected is "ok", "warn" or an error substring ---
+
+def corrupt_image(tmp, model):
+    data = write_pairs(tmp / "d")
+    (data / "train" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    return train(model, data), "warn"
+
+
+def truncated_image(tmp, model):
+    data = write_pairs(tmp / "d")
+    full = (data / "train" / "0.png").read_bytes()
+    (data / "train" / "cut.png").write_bytes(full[: len(full) // 2])
+    return train(model, data), "warn"
+
+
+def grayscale_images(tmp, model):
+    return train(model, write_pairs(tmp / "d", mode="L")), "ok"
+
+
+def rgba_images(tmp, model):
+    return train(model, write_pairs(tmp / "d", mode="RGBA")), "ok"
+
+
+def sixteen_bit_images(tmp, model):
+    return train(model, write_pairs(tmp / "d", mode="I;16")), "ok"
+
+
+def tiny_images(tmp, model):
+    return train(model, write_pairs(tmp / "d", size=(4, 2))), "ok"
+
+
+def non_image_files(tmp, model):
+    data = tmp / "d"
+    for split in ("train", "test"):
+        (data / split).mkdir(parents=True)
+        (data / split / "notes.png").write_text("not an image")
+    return train(model, data), "no usable images"
+
+
+def wrong_layout(tmp, model):
+    return train(model, write_pairs(tmp / "d", size=(32, 32))), "are not"
+
+
+def empty_folder(tmp, model):
+    (tmp / "d" / "train").mkdir(parents=True)
+    (tmp / "d" / "test").mkdir()
+    return train(model, tmp / "d"), "no usable images"
+
+
+def missing_folder(tmp, model):
+    return train(model, tmp / "nowhere"), "does not exist"
+
+
+def no_train_split(tmp, model):
+    return train(model, write_pairs(tmp / "d", splits=("test",))), "no train data"
+
+
+def unknown_arch(tmp, model):
+    return ["train", "--arch", "nosuch", "--task", "x", "--data", FACADES, "--model-dir", model], "nosuch"
+
+
+def unknown_option(tmp, model):
+    return train(model, FACADES, "--bogus", "3"), "--bogus"
+
+
+def bad_direction(tmp, model):
+    return train(model, FACADES, "--direction", "sideways"), "sideways"
+
+
+def taken_task_name(tmp, model):
+    return [*train(model, FACADES)[:4], "base", *train(model, FACADES)[5:]], "exists already"
+
+
+def bad_task_name(tmp, model):
+    return [*train(model, FACADES)[:4], "../evil", *train(model, FACADES)[5:]], "not allowed"
+
+
+def unknown_task(tmp, model):
+    return ["generate", "--task", "nosuch", FACADES / "test", tmp / "out", "--model-dir", model], "no task 'nosuch'"
+
+
+def tampered_header(tmp, model):
+    path = model / "tasks" / "0001-base.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:9] = b"["  # the JSON header no longer parses
+    path.write_bytes(bytes(data))
+    return ["generate", "--task", "base", FACADES / "test", tmp / "out", "--model-dir", model], "does not match"
+
+
+def tampered_header_and_hash(tmp, model):
+    """The header is rewritten and the manifest hash updated to match: the file must still be refused."""
+    from pbgan_core.atomic import sha256_bytes
+
+    path = model / "tasks" / "0001-base.safetensors"
+    n = int.from_bytes(path.read_bytes()[:8], "little")
+    data = path.read_bytes()
+    bad = data[:8] + b"{" + b" " * (n - 1) + data[8 + n:]
+    path.write_bytes(bad)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["tasks"][0]["sha256"] = sha256_bytes(bad)
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return ["generate", "--task", "base", FACADES / "test", tmp / "out", "--model-dir", model], "safetensors"
+
+
+def task_from_other_model(tmp, model):
+    """A task file copied in from another model (hash updated): its bank fingerprint gives it away."""
+    from pbgan_core.atomic import sha256_bytes
+
+    path = model / "tasks" / "0001-base.safetensors"
+    data = path.read_bytes()
+    tensors = load(data)
+    n = int.from_bytes(data[:8], "little")
+    meta = json.loads(data[8:8 + n])["__metadata__"]
+    foreign = save(tensors, metadata={**meta, "bank_fingerprint": "0" * 64})
+    path.write_bytes(foreign)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["tasks"][0]["sha256"] = sha256_bytes(foreign)
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return ["generate", "--task", "base", FACADES / "test", tmp / "out", "--model-dir", model], "another filter bank"
+
+
+def future_manifest(tmp, model):
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["format"] = 99
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return ["tasks", "--model-dir", model], "upgrade pbgan"
+
+
+def broken_manifest(tmp, model):
+    path = model / "manifest.json"
+    path.write_bytes(path.read_bytes()[:40])
+    return ["tasks", "--model-dir", model], "unreadable"
+
+
+def missing_task_file(tmp, model):
+    (model / "tasks" / "0001-base.safetensors").unlink()
+    return ["generate", "--task", "base", FACADES / "test", tmp / "out", "--model-dir", model], "is missing"
+
+
+def output_below_a_file(tmp, model):
+    (tmp / "file").write_text("x")
+    return ["generate", "--task", "base", "--aligned", FACADES / "test", tmp / "file" / "out",
+            "--model-dir", model], "file"
+
+
+def read_only_output(tmp, model):
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("root writes to read-only folders")
+    out = tmp / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    return ["generate", "--task", "base", "--aligned", FACADES / "test", out, "--model-dir", model], "cannot write"
+
+
+def model_in_use(tmp, model):
+    (model / ".lock").write_text(str(os.getppid()))  # another live process holds the lock
+    return train(model, FACADES), "in use by another pbgan process"
+
+
+def generate_non_image(tmp, model):
+    (tmp / "notes.png").write_text("hello")
+    return ["generate", "--task", "base", tmp / "notes.png", tmp / "out", "--model-dir", model], "not an image"
+
+
+def generate_wrong_layout(tmp, model):
+    Image.new("RGB", (32, 32)).save(tmp / "square.png")
+    return ["generate", "--task", "base", "--aligned", tmp / "square.png", tmp / "out", "--model-dir", model], \
+        "A|B side by side"
+
+
+CASES = [read_only_output, corrupt_image, truncated_image, grayscale_images, rgba_images, sixteen_bit_images, tiny_images,
+         non_image_files, wrong_layout, empty_folder, missing_folder, no_train_split, unknown_arch, unknown_option,
+         bad_direction, taken_task_name, bad_task_name, unknown_task, tampered_header, tampered_header_and_hash,
+         task_from_other_model, future_manifest, broken_manifest, missing_task_file, output_below_a_file,
+         model_in_use, generate_non_image, generate_wrong_layout]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bad-input") / "model"
+    assert main(["train", "--arch", "pix2pix", "--task", "base", "--data", str(FACADES), *FAST,
+                 "--model-dir", str(root)]) == 0
+    return root
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
+def test_bad_input(case, cli, base_model, tmp_path):
+    model = Path(shutil.copytree(base_model, tmp_path / "model"))
+    argv, expected = case(tmp_path, model)
+    before = snapshot(model)
+    code, out, err = cli(*argv, expect=None)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in out + err
+    if expected in ("ok", "warn"):
+        assert code == 0 and not errors, err
+        warned = [line for line in err.splitlines() if line.startswith("warning:")]
+        if expected == "warn":
+            assert len(warned) == 1 and "skipped 1 unreadable image" in warned[0], err
+        after = snapshot(model)
+        assert all(after[k] == v for k, v in before.items() if k != "manifest.json")
+        assert json.loads(after["manifest.json"])["tasks"][0] == json.loads(before["manifest.json"])["tasks"][0]
+    else:
+        assert code != 0, out + err
+        assert len(errors) == 1, err
+        assert expected in errors[0], errors[0]
+        assert snapshot(model) == before, "the model directory changed"

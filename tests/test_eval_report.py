@@ -1,0 +1,121 @@
+"""`pbgan eval` and `pbgan report`: the task-by-stage matrix, forgetting, and an HTML page whose
+images exist."""
+import json
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image
+
+from pbgan_core.report import forgetting, stage_matrix
+
+from .conftest import EDGES2SHOES, FACADES, TINY, needs_data, one_line_error
+
+STAGES = [
+    {"after": "a", "metrics": {"a": {"ssim": 0.50, "l1": 0.20}}},
+    {"after": "b", "metrics": {"a": {"ssim": 0.40, "l1": 0.25}, "b": {"ssim": 0.70, "l1": 0.10}}},
+    {"after": "c", "metrics": {"a": {"ssim": 0.45, "l1": 0.30}, "b": {"ssim": 0.75, "l1": 0.05},
+                               "c": {"ssim": 0.60, "l1": 0.15}}},
+]
+
+
+def test_matrix_is_lower_triangular_in_training_order():
+    tasks, matrix = stage_matrix(STAGES[:2], "ssim")
+    assert tasks == ["a", "b"]
+    assert matrix == [[0.50, None], [0.40, 0.70]]
+
+
+def test_forgetting_is_positive_when_a_task_got_worse_for_either_direction():
+    _, ssim = stage_matrix(STAGES, "ssim")
+    drops = forgetting(ssim, higher_is_better=True)
+    assert drops[0] == pytest.approx(0.05)   # best 0.50, final 0.45
+    assert drops[1] == pytest.approx(-0.05)  # improved after training c
+    assert drops[2] is None                  # the last task has no earlier stage
+    _, l1 = stage_matrix(STAGES, "l1")
+    drops = forgetting(l1, higher_is_better=False)
+    assert drops[0] == pytest.approx(0.10)   # best 0.20, final 0.30: worse
+    assert drops[1] == pytest.approx(-0.05)
+
+
+def test_unrecorded_matrix_metric_is_a_clear_error():
+    with pytest.raises(Exception, match="metric 'fid' was not recorded"):
+        stage_matrix(STAGES, "fid")
+
+
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory):
+    from pbgan_core.cli import main
+
+    if not (FACADES.exists() and EDGES2SHOES.exists()):
+        pytest.skip("shared data not available")
+    model = tmp_path_factory.mktemp("eval") / "m"
+    for task, data in (("facades", FACADES), ("shoes", EDGES2SHOES)):
+        code = main(["train", "--arch", "pix2pix", "--task", task, "--data", str(data), "--direction", "BtoA",
+                     "--steps", "2", "--model-dir", str(model), *TINY])
+        assert code == 0
+    return model
+
+
+@needs_data(FACADES)
+def test_eval_json_gives_every_task_and_zero_piggyback_forgetting(cli, two_tasks):
+    _, out, _ = cli("eval", "--json", "--model-dir", two_tasks)
+    report = json.loads(out)
+    assert set(report["metrics"]) == {"facades", "shoes"}
+    for values in report["metrics"].values():
+        assert set(values) == {"l1", "psnr", "ssim"}
+    matrix = report["matrix"]
+    assert matrix["tasks"] == ["facades", "shoes"] and matrix["after"] == ["facades", "shoes"]
+    assert matrix["values"][0][1] is None and len(matrix["values"]) == 2
+    assert matrix["values"][0][0] == matrix["values"][1][0]  # piggyback: bit-identical after task 2
+    assert report["forgetting"] == {"facades": 0.0, "shoes": None}
+    manifest = json.loads((two_tasks / "manifest.json").read_text())
+    assert report["metrics"]["shoes"]["ssim"] == pytest.approx(manifest["stages"][-1]["metrics"]["shoes"]["ssim"],
+                                                               abs=1e-4)
+
+
+@needs_data(FACADES)
+def test_eval_one_task_prints_the_matrix(cli, two_tasks):
+    _, out, _ = cli("eval", "--task", "shoes", "--metrics", "l1", "--matrix-metric", "l1", "--model-dir", two_tasks)
+    assert "shoes" in out and "forgetting" in out and "lower is better" in out.replace("\n", " ")
+
+
+@needs_data(FACADES)
+@pytest.mark.parametrize("metric, flag", [("lpips", "--lpips-weights"), ("fid", "--fid-weights")])
+def test_metrics_without_weights_give_one_line(cli, two_tasks, monkeypatch, metric, flag):
+    monkeypatch.delenv("PBGAN_FID_WEIGHTS", raising=False)
+    monkeypatch.delenv("PBGAN_LPIPS_WEIGHTS", raising=False)
+    _, _, err = cli("eval", "--metrics", f"l1,{metric}", "--model-dir", two_tasks, expect=1)
+    assert flag in one_line_error(err)
+
+
+@needs_data(FACADES)
+def test_eval_unknown_metric_and_missing_model(cli, two_tasks, tmp_path):
+    _, _, err = cli("eval", "--metrics", "l1,sharpness", "--model-dir", two_tasks, expect=None)
+    assert "unknown metric 'sharpness'" in one_line_error(err)
+    _, _, err = cli("eval", "--model-dir", tmp_path / "none", expect=None)
+    assert "no pbgan model" in one_line_error(err)
+
+
+class _Sources(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+@needs_data(FACADES)
+def test_report_references_images_that_exist(cli, two_tasks, tmp_path):
+    out = tmp_path / "report"
+    _, printed, _ = cli("report", "--model-dir", two_tasks, "--out", out, "--samples", "2")
+    assert "index.html" in printed
+    parser = _Sources()
+    parser.feed((out / "index.html").read_text())
+    assert {"matrix.png", "params.png", "samples-0001-facades.png", "samples-0002-shoes.png"} <= set(parser.sources)
+    for src in parser.sources:
+        assert "/" not in src and (out / src).is_file()  # relative: opens from disk
+        with Image.open(out / src) as img:
+            img.verify()
+    with Image.open(out / "samples-0001-facades.png") as grid:  # 2 rows of condition | output | target
+        assert grid.size == (3 * 32, 2 * 32)
