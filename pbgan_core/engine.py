@@ -25,8 +25,8 @@ from .store import ModelStore, check_task_name
 
 DIRECTIONS = ("AtoB", "BtoA")
 ENGINE_OPTIONS = (
-    Option("init", "warm", "warm: start a later task from the latest task's generator; scratch: fresh weights",
-           choices=("warm", "scratch")),
+    Option("init", "auto", "warm: start a later task from the latest task's generator; scratch: fresh weights; "
+           "auto: the factorizer's choice (warm, except for standalone)", choices=("auto", "warm", "scratch")),
     Option("eval-images", 32, "test images per task used for the metrics after each task (0: all)"),
     Option("num-workers", 0, "data loader worker processes"),
 )
@@ -264,7 +264,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
                 raise PbganError(f"task {req.task!r} builds a different generator than this model's first task "
                                  f"{first['name']!r} ({first['arch']}, netG {first['options'].get('netG')}, size "
                                  f"{first['options'].get('size')}); use the same architecture options or a new --model-dir")
-            if opts["init"] == "warm":
+            if opts["init"] == "warm" or (opts["init"] == "auto" and factorizer.warm_start):
                 _, previous = load_generators(store, plugins, store.tasks[-1]["name"])
                 for gname, gen in generators.items():
                     gen.load_state_dict(previous[gname].state_dict())

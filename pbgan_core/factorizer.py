@@ -23,6 +23,8 @@ class Factorizer:
     #: False for methods whose single shared model is retrained (fine-tuning): every
     #: task is then evaluated with the latest weights, and forgetting shows.
     keeps_old_tasks: bool = True
+    #: Whether a later task starts from the latest task's generator under `--init auto`.
+    warm_start: bool = True
 
     def wrap(self, generator: nn.Module, bank: dict[str, torch.Tensor], opts: Mapping[str, Any],
              initialize: bool = True) -> nn.Module:

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from pbgan_core.errors import PbganError
+from pbgan_core.layers import FilterConv
 from pbgan_core.options import Option
 
-from .factorizers import BankAdapterFactorizer, FilterConv
+from .factorizers import BankAdapterFactorizer
 
 SCORE_INIT = 1e-2
 

@@ -15,31 +15,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from pbgan_core.errors import PbganError
-from pbgan_core.factorizer import CONV_TYPES, Factorizer, iter_convs, replace_modules
+from pbgan_core.factorizer import Factorizer, iter_convs, replace_modules
 from pbgan_core.hookspecs import hookimpl
+from pbgan_core.layers import FilterConv, filters_of, join_free_filters, materialize_layers, split_free_filters
 from pbgan_core.options import Option
 
 
-class PiggybackConv(nn.Module):
-    """Shared logic of the two wrappers; filters are kept filter-major: (C, c_in, k, k)."""
-
-    transposed = False
+class PiggybackConv(FilterConv):
+    """Free filters plus piggyback filters `coef.T @ bank`, filter-major: (C, c_in, k, k)."""
 
     def __init__(self, base: nn.Module, bank: torch.Tensor | None, lam: float, initialize: bool = True):
-        super().__init__()
-        if base.groups != 1:
-            raise PbganError(f"piggyback supports groups=1 convolutions only, got groups={base.groups}; "
-                             "keep that layer free with another factorizer")
-        for attr in ("stride", "padding", "dilation", "groups", "padding_mode"):
-            setattr(self, attr, getattr(base, attr))
-        self.output_padding = getattr(base, "output_padding", 0)
-        if self.padding_mode != "zeros":
-            self._reversed_padding = base._reversed_padding_repeated_twice
-        filters = base.weight.detach().transpose(0, 1) if self.transposed else base.weight.detach()
+        super().__init__(base)
+        filters = filters_of(base)
         self.out_filters = filters.shape[0]
         self.free_count = self.out_filters if bank is None else min(self.out_filters, math.ceil(lam * self.out_filters))
         self.free = nn.Parameter(filters[: self.free_count].clone())
-        self.bias = base.bias
         piggy = self.out_filters - self.free_count
         if piggy and bank is not None:
             if bank.shape[1:] != filters.shape[1:]:
@@ -65,27 +55,11 @@ class PiggybackConv(nn.Module):
         b = bank.flatten(1).T.double()  # (c_in*k*k, n)
         return torch.linalg.lstsq(b, target.flatten(1).T.double(), driver="gelsd").solution.to(bank.dtype)
 
-    # --- the dense weight -------------------------------------------------------------
     def filters(self) -> torch.Tensor:
         if self.coef is None:
             return self.free
         piggy = (self.coef.T @ self.bank.flatten(1)).view(-1, *self.bank.shape[1:])
         return torch.cat([self.free, piggy])
-
-    @property
-    def weight(self) -> torch.Tensor:
-        w = self.filters()
-        return w.transpose(0, 1) if self.transposed else w
-
-    # --- forward ---------------------------------------------------------------------
-    def _conv(self, x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-        if self.transposed:
-            return F.conv_transpose2d(x, filters.transpose(0, 1), None, self.stride, self.padding,
-                                      self.output_padding, 1, self.dilation)
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding, mode=self.padding_mode)
-            return F.conv2d(x, filters, None, self.stride, 0, self.dilation)
-        return F.conv2d(x, filters, None, self.stride, self.padding, self.dilation)
 
     def _bank_path_is_cheaper(self, x: torch.Tensor) -> bool:
         """Compare multiply-adds of the two exact ways to compute the piggyback filters.
@@ -113,31 +87,15 @@ class PiggybackConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.coef is not None and self._bank_path_is_cheaper(x):
-            free = self._conv(x, self.free)
-            basis = self._conv(x, self.bank)
+            free = self.conv(x, self.free)
+            basis = self.conv(x, self.bank)
             piggy = F.conv2d(basis, self.coef.T[:, :, None, None])
             y = torch.cat([free, piggy], dim=1)
         else:
-            y = self._conv(x, self.filters())
+            y = self.conv(x, self.filters())
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y
-
-    def dense(self) -> nn.Module:
-        """A plain nn.Conv2d / nn.ConvTranspose2d with the current weight."""
-        w = self.weight.detach().contiguous()
-        cls = nn.ConvTranspose2d if self.transposed else nn.Conv2d
-        in_ch, out_ch = (w.shape[0], w.shape[1]) if self.transposed else (w.shape[1], w.shape[0])
-        kwargs: dict[str, Any] = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                                      bias=self.bias is not None, padding_mode=self.padding_mode,
-                                      device="meta")
-        if self.transposed:
-            kwargs["output_padding"] = self.output_padding
-        conv = cls(in_ch, out_ch, w.shape[-2:], **kwargs)
-        conv.weight = nn.Parameter(w.clone() if self.coef is None else w)  # else w is a fresh tensor
-        if self.bias is not None:
-            conv.bias = nn.Parameter(self.bias.detach().clone())
-        return conv
 
     def extra_repr(self) -> str:
         n = 0 if self.coef is None else self.coef.shape[0]
@@ -145,11 +103,11 @@ class PiggybackConv(nn.Module):
 
 
 class PiggybackConv2d(PiggybackConv):
-    transposed = False
+    """Wraps an nn.Conv2d."""
 
 
 class PiggybackConvTranspose2d(PiggybackConv):
-    transposed = True
+    """Wraps an nn.ConvTranspose2d (its filters live on dim 1 of the weight)."""
 
 
 WRAPPERS = {nn.Conv2d: PiggybackConv2d, nn.ConvTranspose2d: PiggybackConvTranspose2d}
@@ -185,23 +143,13 @@ class PiggybackFactorizer(Factorizer):
         return generator
 
     def split(self, generator: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        state = dict(generator.state_dict())
-        new_filters = {}
-        for path, module in generator.named_modules():
-            if isinstance(module, PiggybackConv):
-                new_filters[path] = state.pop(f"{path}.free").detach().clone()
-        return state, new_filters
+        return split_free_filters(generator, PiggybackConv)
 
     def join(self, task: dict[str, torch.Tensor], new_filters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        state = dict(task)
-        for path, filters in new_filters.items():
-            state[f"{path}.free"] = filters
-        return state
+        return join_free_filters(task, new_filters)
 
     def materialize(self, generator: nn.Module) -> nn.Module:
-        with torch.no_grad():
-            replace_modules(generator, lambda p, m: isinstance(m, PiggybackConv), lambda p, m: m.dense())
-        return generator
+        return materialize_layers(generator)
 
 
 @hookimpl
