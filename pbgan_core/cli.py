@@ -195,7 +195,7 @@ def build_app() -> typer.Typer:
         for col in ("plugin", "version", "distribution", "provides"):
             table.add_column(col)
         for r in rows:
-            provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["provides"].items() if v) or "commands"
+            provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["provides"].items() if v) or "-"
             table.add_row(r["name"], r["version"] or "-", r["distribution"] or "-", provides)
         console.print(table)
 
@@ -212,8 +212,25 @@ def build_app() -> typer.Typer:
 
         run_demo(out, steps=steps, size=size, device=device)
 
-    get_plugins().manager.hook.register_commands(cli=app)
+    add_plugin_commands(app)
     return app
+
+
+def _command_names(app: typer.Typer) -> set[str]:
+    return ({c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+            | {g.name for g in app.registered_groups})
+
+
+def add_plugin_commands(app: typer.Typer) -> None:
+    """Let each plugin add its commands, noting which plugin added which (for list-plugins)."""
+    plugins = get_plugins()
+    for impl in reversed(plugins.manager.hook.register_commands.get_hookimpls()):
+        before = _command_names(app)
+        impl.function(cli=app)
+        added = _command_names(app) - before
+        info = plugins.info.get(impl.plugin_name)
+        if info is not None and added:
+            info.provides["commands"] = sorted(set(info.provides.get("commands", [])) | added)
 
 
 def _human(n: int) -> str:

@@ -47,6 +47,9 @@ class ModelStore:
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
         self.manifest = self._read_manifest()
+        # bank segments already read and verified: files are never rewritten, so switching
+        # tasks in one process reads only the task's own file
+        self._segments: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
     # --- manifest -------------------------------------------------------------------
     def _read_manifest(self) -> dict[str, Any]:
@@ -160,8 +163,10 @@ class ModelStore:
         """The bank as it stood after `length` tasks (all by default), verified against the manifest."""
         bank = FilterBank()
         for entry in self.tasks[: len(self.tasks) if length is None else length]:
-            tensors, _ = self.read_tensors(entry["bank_file"], entry["bank_sha256"])
-            bank.append(entry["name"], tensors, entry["bank_sha256"])
+            key = (entry["bank_file"], entry["bank_sha256"])
+            if key not in self._segments:
+                self._segments[key] = self.read_tensors(*key)[0]
+            bank.append(entry["name"], self._segments[key], entry["bank_sha256"])
         return bank
 
     def load_task(self, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor], FilterBank]:

@@ -20,8 +20,9 @@ from pbgan_core.interfaces import Architecture, GeneratorFamily, Trainer
 from pbgan_core.options import Option
 
 from .losses import ImagePool, gradient_penalty
-from .networks import build_discriminator, build_generator, init_weights
-from .pix2pix import DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, build_gan_loss, linear_decay, make_optimizer
+from .networks import build_generator, init_weights
+from .pix2pix import (DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, build_gan_loss, linear_decay, make_discriminator,
+                      make_optimizer)
 
 RESNETS = ("resnet_9blocks", "resnet_6blocks")
 GENERATORS = {"AtoB": "G_A", "BtoA": "G_B"}
@@ -63,9 +64,7 @@ class CycleGANTrainer(Trainer):
     def __init__(self, G_A: nn.Module, G_B: nn.Module, opts: Mapping[str, Any], device: torch.device,
                  total_steps: int):
         self.G_A, self.G_B, self.opts, self.device = G_A, G_B, opts, device
-        self.D_A, self.D_B = (init_weights(build_discriminator(opts["netD"], 3, opts["ndf"], opts["n_layers_d"],
-                                                               opts["norm"]), opts["init_type"]).to(device)
-                              for _ in range(2))
+        self.D_A, self.D_B = (make_discriminator(opts, 3, device) for _ in range(2))
         self.gan = build_gan_loss(opts["gan_mode"]).to(device)
         self.l1 = nn.L1Loss()
         self.opt_G = make_optimizer(itertools.chain(G_A.parameters(), G_B.parameters()), opts)

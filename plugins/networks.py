@@ -287,6 +287,18 @@ def build_discriminator(netD, input_nc, ndf=64, n_layers_d=3, norm="batch"):
     raise ValueError(f"unknown discriminator {netD!r}: expected 'basic', 'n_layers' or 'pixel'")
 
 
+def check_discriminator_size(netD, input_nc, ndf, n_layers_d, norm, size):
+    """Raise ValueError when `size` px images are too small for the discriminator's strides."""
+    with torch.device("meta"):
+        net = build_discriminator(netD, input_nc, ndf, n_layers_d, norm)
+        try:
+            net(torch.empty(1, input_nc, size, size))
+        except (RuntimeError, ValueError):
+            raise ValueError(f"{size} px images are too small for --netD {netD}"
+                             f"{f' with --n-layers-d {n_layers_d}' if netD == 'n_layers' else ''}; use a larger "
+                             "--size, --netD pixel, or --netD n_layers with fewer --n-layers-d") from None
+
+
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 
 

@@ -21,6 +21,12 @@ from pbgan_core.layers import FilterConv, filters_of, join_free_filters, materia
 from pbgan_core.options import Option
 
 
+# The bank path runs two convolutions, a 1x1 mix and a concatenation where the dense path runs
+# one convolution: at equal multiply-adds it is slower (measured on CPU, benchmarks/piggyback_speed.py),
+# so it is taken only when it saves a clear share of the work.
+BANK_PATH_OVERHEAD = 1.5
+
+
 class PiggybackConv(FilterConv):
     """Free filters plus piggyback filters `coef.T @ bank`, filter-major: (C, c_in, k, k)."""
 
@@ -83,7 +89,7 @@ class PiggybackConv(FilterConv):
         dense = (2 if grad else 1) * n * piggy * fan_in + conv_passes * per_filter * self.out_filters
         bank = ((2 if grad else 1) * per_filter * n + conv_passes * per_filter * self.free_count
                 + conv_passes * spatial_out * n * piggy)
-        return bank < dense
+        return BANK_PATH_OVERHEAD * bank < dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.coef is not None and self._bank_path_is_cheaper(x):

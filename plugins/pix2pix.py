@@ -13,7 +13,7 @@ from pbgan_core.options import Option
 from pbgan_core.plugins import get_plugins
 
 from .losses import gradient_penalty
-from .networks import build_discriminator, build_generator, init_weights, unet_depth
+from .networks import build_discriminator, build_generator, check_discriminator_size, init_weights, unet_depth
 
 
 def linear_decay(total_steps: int, decay_start: int):
@@ -24,6 +24,16 @@ def linear_decay(total_steps: int, decay_start: int):
 
 def make_optimizer(params, opts: Mapping[str, Any]) -> torch.optim.Optimizer:
     return torch.optim.Adam([p for p in params if p.requires_grad], lr=opts["lr"], betas=(opts["beta1"], 0.999))
+
+
+def make_discriminator(opts: Mapping[str, Any], input_nc: int, device: torch.device) -> nn.Module:
+    """The options' discriminator, initialized, after checking it fits the image size."""
+    args = (opts["netD"], input_nc, opts["ndf"], opts["n_layers_d"], opts["norm"])
+    try:
+        check_discriminator_size(*args, opts["size"])
+    except ValueError as exc:
+        raise PbganError(str(exc)) from None
+    return init_weights(build_discriminator(*args), opts["init_type"]).to(device)
 
 
 def build_gan_loss(mode: str) -> nn.Module:
@@ -76,8 +86,7 @@ class Pix2Pix(Architecture):
 class Pix2PixTrainer(Trainer):
     def __init__(self, G: nn.Module, opts: Mapping[str, Any], device: torch.device, total_steps: int):
         self.G, self.opts = G, opts
-        self.D = init_weights(build_discriminator(opts["netD"], 6, opts["ndf"], opts["n_layers_d"], opts["norm"]),
-                              opts["init_type"]).to(device)
+        self.D = make_discriminator(opts, 6, device)
         self.gan = build_gan_loss(opts["gan_mode"]).to(device)
         self.l1 = nn.L1Loss()
         self.opt_G = make_optimizer(G.parameters(), opts)

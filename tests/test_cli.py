@@ -27,6 +27,8 @@ def test_list_plugins_json_lists_the_builtin_plugins(cli):
     assert {"aligned", "derived", "folder", "unaligned"} <= set(rows["datasets"]["provides"]["datasets"])
     assert {"l1", "psnr", "ssim"} <= set(rows["metrics"]["provides"]["metrics"])
     assert rows["pix2pix"]["distribution"] == "pbgan" and rows["pix2pix"]["version"] == __version__
+    assert rows["verify"]["provides"]["commands"] == ["verify"]
+    assert rows["known_data"]["provides"]["commands"] == ["data"]
 
 
 @needs_data(FACADES)
@@ -137,3 +139,12 @@ def test_manifest_from_the_future_is_refused(cli, tmp_path):
     (tmp_path / "m" / "manifest.json").write_text(json.dumps({"format": 99, "tasks": []}))
     _, _, err = cli("tasks", "--model-dir", tmp_path / "m", expect=1)
     assert "newer than this pbgan understands" in one_line_error(err)
+
+
+@needs_data(FACADES)
+@pytest.mark.parametrize("arch, args", [("pix2pix", ["--size", "16", "--ngf", "4", "--ndf", "4"]),
+                                        ("pix2pix", ["--size", "32", "--netD", "n_layers", "--n-layers-d", "6"])])
+def test_images_too_small_for_the_discriminator(cli, tmp_path, arch, args):
+    _, _, err = cli("train", "--arch", arch, "--task", "t", "--data", FACADES, "--model-dir", tmp_path / "m",
+                    "--steps", "1", "--max-images", "4", *args, expect=1)
+    assert "too small for --netD" in one_line_error(err)
