@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from . import __version__
+from . import __version__, distributed
 from .console import console, errors, training_progress
 from .engine import DIRECTIONS, TrainRequest, option_table, train_task
 from .errors import PbganError, UsageError
@@ -91,6 +91,10 @@ def build_app() -> typer.Typer:
                                     "checkpoint (give the same options)"),
         checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Save a checkpoint every N steps "
                                              "(0: only when interrupted)"),
+        precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 (CPU or GPU) or fp16 (GPU, with "
+                                      "loss scaling)"),
+        nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this machine (one per GPU, "
+                                  "or CPU processes); same as torchrun --nproc_per_node N -m pbgan_core train"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
         """Train a new task of the lifelong model: the first task seeds the filter bank, later
@@ -120,10 +124,18 @@ def build_app() -> typer.Typer:
                                direction=direction, size=size, steps=steps, epochs=epochs,
                                epochs_decay=epochs_decay, batch_size=batch_size, factorizer=factorizer,
                                dataset=dataset, device=device, seed=seed, extra=extra,
-                               resume=resume, checkpoint_every=checkpoint_every)
+                               resume=resume, checkpoint_every=checkpoint_every, precision=precision)
+        if nproc != 1:
+            code = distributed.launch(nproc, distributed.train_arguments(request, ctx.args))
+            if code:
+                raise PbganError(f"training with {nproc} processes failed (exit {code}); see the messages above")
+            return
         progress, update = training_progress(f"{task}")
+        progress.disable = not distributed.is_main_process()
         with progress:
             entry = train_task(request, plugins, update)
+        if not entry:  # not rank 0 of a distributed run: rank 0 reports
+            return
         p = entry["params"]
         console.print(f"[green]trained[/] task {entry['name']!r} (#{entry['index']}) in {request.model_dir}: "
                       f"{p['stored']:,} stored parameters, {p['stored'] / p['standalone']:.3f} of a standalone "

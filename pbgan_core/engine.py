@@ -2,9 +2,9 @@
 -> evaluate every task so far."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import (DeferredInterrupt, checkpoint_path, load_checkpoint, remove_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .errors import PbganError
@@ -51,6 +51,7 @@ class TrainRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     checkpoint_every: int = 200
+    precision: str = "fp32"
 
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
@@ -139,12 +140,14 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
 
 
-def _batches(data: torch.utils.data.Dataset, batch_size: int, workers: int, seed: int, start: int = 0) -> Any:
+def _batches(data: torch.utils.data.Dataset, batch_size: int, workers: int, seed: int, start: int = 0,
+             ranks: distributed.Ranks = distributed.Ranks()) -> Any:
     """Training batches from step `start` on. Each epoch's order depends only on (seed, epoch),
-    so a resumed run continues with exactly the batches an uninterrupted one would see."""
-    epoch, skip = divmod(start, math.ceil(len(data) / batch_size))
+    so a resumed run continues with exactly the batches an uninterrupted one would see; each
+    process of a distributed run takes its own shard of that order."""
+    epoch, skip = divmod(start, math.ceil(len(data) // ranks.world / batch_size))
     while True:
-        order = _epoch_order(len(data), seed, epoch)[skip * batch_size:]
+        order = distributed.shard(_epoch_order(len(data), seed, epoch), ranks)[skip * batch_size:]
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=order, num_workers=workers,
                                              generator=torch.Generator().manual_seed(seed + epoch))
         yielded = False
@@ -226,6 +229,41 @@ def _find_checkpoint(store: ModelStore, req: TrainRequest) -> dict[str, Any] | N
     return ckpt
 
 
+def schedule(req: TrainRequest, images: int) -> tuple[int, int]:
+    """(total steps, step where the linear learning-rate decay starts)."""
+    if req.steps is not None:
+        total, decay_start = req.steps, req.steps // 2 if req.epochs_decay else req.steps
+    else:
+        per_epoch = math.ceil(images / req.batch_size)
+        epochs = req.epochs if req.epochs is not None else 1
+        total, decay_start = (epochs + req.epochs_decay) * per_epoch, epochs * per_epoch
+    if total < 1:
+        raise PbganError("nothing to train: give --steps or --epochs of at least 1")
+    return total, decay_start
+
+
+def check_same_generator(store: ModelStore, task: str, signature: dict[str, list[int]]) -> None:
+    first = store.tasks[0]
+    if first.get("signature") != signature:
+        raise PbganError(f"task {task!r} builds a different generator than this model's first task "
+                         f"{first['name']!r} ({first['arch']}, netG {first['options'].get('netG')}, size "
+                         f"{first['options'].get('size')}); use the same architecture options or a new --model-dir")
+
+
+def split_task(factorizer, generators: dict[str, nn.Module]) -> tuple[dict, dict, int]:
+    """(task tensors, new bank filters, stored parameters), keyed "generator/name"."""
+    task_tensors: dict[str, torch.Tensor] = {}
+    new_filters: dict[str, torch.Tensor] = {}
+    stored = 0
+    for gname, gen in generators.items():
+        gen.eval()
+        kept, added = factorizer.split(gen)
+        stored += factorizer.stored_parameters(gen)
+        task_tensors.update({f"{gname}/{k}": v for k, v in kept.items()})
+        new_filters.update({f"{gname}/{k}": v for k, v in added.items()})
+    return task_tensors, new_filters, stored
+
+
 def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None = None) -> dict[str, Any]:
     check_task_name(req.task)
     store = ModelStore(req.model_dir)
@@ -237,33 +275,23 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
     opts = task_options(req, plugins)
     dataset_plugin = plugins.datasets.get(opts["dataset"])
     device = pick_device(req.device)
+    amp = distributed.autocast(device, req.precision)
+    ranks, device = distributed.start(device)
 
-    with store.lock():
+    with store.lock() if ranks.main else contextlib.nullcontext():  # only rank 0 writes
         ckpt = _find_checkpoint(store, req)
         torch.manual_seed(req.seed)
         train_data = dataset_plugin.build(Path(req.data), "train", opts, train=True)
-        if len(train_data) == 0:
-            raise PbganError(f"no training images in {req.data}")
-        steps_per_epoch = math.ceil(len(train_data) / req.batch_size)
-        if req.steps is not None:
-            total = req.steps
-            opts["decay_start"] = total // 2 if req.epochs_decay else total
-        else:
-            epochs = req.epochs if req.epochs is not None else 1
-            total = (epochs + req.epochs_decay) * steps_per_epoch
-            opts["decay_start"] = epochs * steps_per_epoch
-        if total < 1:
-            raise PbganError("nothing to train: give --steps or --epochs of at least 1")
-
+        if len(train_data) < ranks.world:
+            raise PbganError(f"no training images in {req.data}" if not len(train_data) else
+                             f"{len(train_data)} training image(s) in {req.data} for {ranks.world} processes; "
+                             "use fewer processes or more images")
+        total, opts["decay_start"] = schedule(req, len(train_data) // ranks.world)
         generators = arch.build_generators(opts)
         signature = generator_signature(generators)
         standalone = count_parameters(generators)
         if store.tasks:
-            first = store.tasks[0]
-            if first.get("signature") != signature:
-                raise PbganError(f"task {req.task!r} builds a different generator than this model's first task "
-                                 f"{first['name']!r} ({first['arch']}, netG {first['options'].get('netG')}, size "
-                                 f"{first['options'].get('size')}); use the same architecture options or a new --model-dir")
+            check_same_generator(store, req.task, signature)
             if opts["init"] == "warm" or (opts["init"] == "auto" and factorizer.warm_start):
                 _, previous = load_generators(store, plugins, store.tasks[-1]["name"])
                 for gname, gen in generators.items():
@@ -273,6 +301,8 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             factorizer.wrap(gen, bank.prefix(len(bank), gname), opts)
             gen.to(device).train()
         trainer = arch.build_trainer(generators, opts, device, total)
+        if req.precision == "fp16":
+            distributed.enable_loss_scaling(trainer, req.arch, device)
 
         start, earlier_seconds, losses = 0, 0.0, {}
         if ckpt is not None:
@@ -282,6 +312,9 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             trainer.load_state_dict(ckpt["trainer"])
             start, earlier_seconds, losses = ckpt["step"], ckpt["seconds"], ckpt["losses"]
             set_rng_state(ckpt["rng"])
+        modules = distributed.trainer_modules(generators, trainer)
+        distributed.broadcast_weights(modules, ranks)
+        distributed.average_gradients(modules, ranks)
 
         started = time.perf_counter()
 
@@ -293,31 +326,31 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
                 "generators": {g: gen.state_dict() for g, gen in generators.items()},
                 "trainer": trainer.state_dict(), "rng": rng_state()})
 
-        batches = _batches(train_data, req.batch_size, opts["num_workers"], req.seed, start)
+        batches = _batches(train_data, req.batch_size, opts["num_workers"], req.seed, start, ranks)
         with DeferredInterrupt() as interrupt:
             for step, batch in zip(range(start, total), batches):
-                losses = trainer.step(to_device(batch, device))
+                with amp:
+                    losses = trainer.step(to_device(batch, device))
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise PbganError(f"training diverged at step {step + 1} (losses {losses}); lower --lr")
-                if progress:
+                if progress and ranks.main:
                     progress(step + 1, total, losses)
+                if interrupt.requested and not ranks.main:
+                    raise Interrupted(f"interrupted at step {step + 1} of {total}")
                 if interrupt.requested:
                     path = checkpoint(step + 1)
                     raise Interrupted(f"interrupted at step {step + 1} of {total}; saved {path}: run the same "
                                       "command with --resume to continue")
-                if req.checkpoint_every > 0 and (step + 1) % req.checkpoint_every == 0 and step + 1 < total:
+                if (req.checkpoint_every > 0 and (step + 1) % req.checkpoint_every == 0 and step + 1 < total
+                        and ranks.main):
                     checkpoint(step + 1)
         seconds = earlier_seconds + time.perf_counter() - started
+        distributed.record_weights(modules, ranks)
+        if not ranks.main:  # rank 0 stores the task; the others wait for it and leave
+            distributed.finish(ranks)
+            return {}
 
-        task_tensors: dict[str, torch.Tensor] = {}
-        new_filters: dict[str, torch.Tensor] = {}
-        stored = 0
-        for gname, gen in generators.items():
-            gen.eval()
-            kept, added = factorizer.split(gen)
-            stored += factorizer.stored_parameters(gen)
-            task_tensors.update({f"{gname}/{k}": v for k, v in kept.items()})
-            new_filters.update({f"{gname}/{k}": v for k, v in added.items()})
+        task_tensors, new_filters, stored = split_task(factorizer, generators)
         json_opts = _json_options(opts)
         entry = {
             "name": req.task, "arch": req.arch, "factorizer": req.factorizer, "dataset": opts["dataset"],
@@ -325,7 +358,8 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             "params": {"stored": stored, "standalone": standalone, "bank_before": bank.size(),
                        "bank_added": sum(t.numel() for t in new_filters.values())},
             "train": {"steps": total, "seconds": round(seconds, 3), "final_losses": losses,
-                      "device": str(device), "pbgan": __version__},
+                      "device": str(device), "pbgan": __version__, "processes": ranks.world,
+                      "precision": req.precision},
         }
         if start:
             entry["train"]["resumed_at_step"] = start
@@ -333,6 +367,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         store.update_entry(req.task, probe_sha256=probe_task(store, plugins, req.task))
         remove_checkpoint(store.root, req.task)
         evaluate_all(store, plugins, after=req.task)
+    distributed.finish(ranks)
     return store.task(req.task)
 
 

@@ -73,6 +73,7 @@ class CycleGANTrainer(Trainer):
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in (self.opt_G, self.opt_D)]
         self.rng = random.Random(opts.get("seed", 0))  # shared by both pools; saved for an exact resume
         self.pool_A, self.pool_B = ImagePool(opts["pool_size"], self.rng), ImagePool(opts["pool_size"], self.rng)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # the engine enables it for fp16
 
     def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         loss = 0.5 * (self.gan(D(real), True) + self.gan(D(fake), False))
@@ -101,8 +102,8 @@ class CycleGANTrainer(Trainer):
         if o["lambda_identity"] > 0:
             losses["idt_A"] = self.l1(self.G_A(real_b), real_b) * o["lambda_b"] * o["lambda_identity"]
             losses["idt_B"] = self.l1(self.G_B(real_a), real_a) * o["lambda_a"] * o["lambda_identity"]
-        sum(losses.values()).backward()
-        self.opt_G.step()
+        self.scaler.scale(sum(losses.values())).backward()
+        self.scaler.step(self.opt_G)
 
         # discriminators, on generated images drawn from the history pools
         self.D_A.requires_grad_(True)
@@ -110,8 +111,9 @@ class CycleGANTrainer(Trainer):
         self.opt_D.zero_grad(set_to_none=True)
         losses["D_A"] = self.discriminator_loss(self.D_A, real_b, self.pool_B.query(fake_b))
         losses["D_B"] = self.discriminator_loss(self.D_B, real_a, self.pool_A.query(fake_a))
-        (losses["D_A"] + losses["D_B"]).backward()
-        self.opt_D.step()
+        self.scaler.scale(losses["D_A"] + losses["D_B"]).backward()
+        self.scaler.step(self.opt_D)
+        self.scaler.update()
         for s in self.schedulers:
             s.step()
         return {k: v.item() for k, v in losses.items()}
@@ -120,9 +122,11 @@ class CycleGANTrainer(Trainer):
         return {"D_A": self.D_A.state_dict(), "D_B": self.D_B.state_dict(), "opt_G": self.opt_G.state_dict(),
                 "opt_D": self.opt_D.state_dict(), "sched": [s.state_dict() for s in self.schedulers],
                 "pool_A": list(self.pool_A.images), "pool_B": list(self.pool_B.images),
-                "pool_rng": self.rng.getstate()}
+                "pool_rng": self.rng.getstate(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.D_A.load_state_dict(state["D_A"])
         self.D_B.load_state_dict(state["D_B"])
         self.opt_G.load_state_dict(state["opt_G"])

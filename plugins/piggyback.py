@@ -30,9 +30,14 @@ BANK_PATH_OVERHEAD = 1.5
 class PiggybackConv(FilterConv):
     """Free filters plus piggyback filters `coef.T @ bank`, filter-major: (C, c_in, k, k)."""
 
-    def __init__(self, base: nn.Module, bank: torch.Tensor | None, lam: float, initialize: bool = True):
+    def __init__(self, base: nn.Module, bank: torch.Tensor | None, lam: float, initialize: bool = True,
+                 coef_scale: float = 1.0):
         super().__init__(base)
         filters = filters_of(base)
+        # The parameter holds coefficients / coef_scale: Adam moves every parameter by about its
+        # learning rate, so a larger scale makes coefficients (values near 1) adapt as fast, relative
+        # to their size, as free filter weights (values near 0.02) do.
+        self.coef_scale = coef_scale
         self.out_filters = filters.shape[0]
         self.free_count = self.out_filters if bank is None else min(self.out_filters, math.ceil(lam * self.out_filters))
         self.free = nn.Parameter(filters[: self.free_count].clone())
@@ -44,7 +49,7 @@ class PiggybackConv(FilterConv):
             self.register_buffer("bank", bank.detach(), persistent=False)
             coef = torch.empty(bank.shape[0], piggy, dtype=filters.dtype, device=filters.device)
             if initialize:
-                coef = self._fit_coefficients(bank, filters[self.free_count:])
+                coef = self._fit_coefficients(bank, filters[self.free_count:]) / coef_scale
             self.coef = nn.Parameter(coef)
         else:
             self.bank = None
@@ -61,10 +66,13 @@ class PiggybackConv(FilterConv):
         b = bank.flatten(1).T.double()  # (c_in*k*k, n)
         return torch.linalg.lstsq(b, target.flatten(1).T.double(), driver="gelsd").solution.to(bank.dtype)
 
+    def coefficients(self) -> torch.Tensor:
+        return self.coef * self.coef_scale if self.coef_scale != 1.0 else self.coef
+
     def filters(self) -> torch.Tensor:
         if self.coef is None:
             return self.free
-        piggy = (self.coef.T @ self.bank.flatten(1)).view(-1, *self.bank.shape[1:])
+        piggy = (self.coefficients().T @ self.bank.flatten(1)).view(-1, *self.bank.shape[1:])
         return torch.cat([self.free, piggy])
 
     def _bank_path_is_cheaper(self, x: torch.Tensor) -> bool:
@@ -95,7 +103,7 @@ class PiggybackConv(FilterConv):
         if self.coef is not None and self._bank_path_is_cheaper(x):
             free = self.conv(x, self.free)
             basis = self.conv(x, self.bank)
-            piggy = F.conv2d(basis, self.coef.T[:, :, None, None])
+            piggy = F.conv2d(basis, self.coefficients().T[:, :, None, None])
             y = torch.cat([free, piggy], dim=1)
         else:
             y = self.conv(x, self.filters())
@@ -125,6 +133,7 @@ class PiggybackFactorizer(Factorizer):
     options = (
         Option("lambda", 0.25, "share of each layer's filters that are new free filters in later tasks"),
         Option("free-last", False, "keep the generator's output layer fully free (its few filters save little)"),
+        Option("coef-scale", 1.0, "learning-rate multiplier of the piggyback coefficients (a reparametrization)"),
     )
 
     def wrap(self, generator: nn.Module, bank: dict[str, torch.Tensor], opts: Mapping[str, Any],
@@ -135,6 +144,9 @@ class PiggybackFactorizer(Factorizer):
         convs = [path for path, _ in iter_convs(generator)]
         last = convs[-1] if convs else None
         free_last = bool(opts.get("free_last", False))
+        coef_scale = float(opts.get("coef_scale", 1.0))
+        if coef_scale <= 0:
+            raise PbganError(f"--coef-scale must be positive, got {coef_scale}")
         if bank and set(bank) != set(convs):
             raise PbganError("the generator's convolutions do not match the bank's layers: later tasks must "
                              "use the same generator (architecture, --netG, --ngf, --norm) as the first task")
@@ -143,7 +155,8 @@ class PiggybackFactorizer(Factorizer):
             layer_bank = bank.get(path)
             if path == last and free_last:
                 layer_bank = None
-            return WRAPPERS[type(conv)](conv, layer_bank, lam if layer_bank is not None else 1.0, initialize)
+            return WRAPPERS[type(conv)](conv, layer_bank, lam if layer_bank is not None else 1.0, initialize,
+                                        coef_scale)
 
         replace_modules(generator, lambda p, m: type(m) in WRAPPERS, make)
         return generator

@@ -94,6 +94,7 @@ class Pix2PixTrainer(Trainer):
         schedule = linear_decay(total_steps, opts.get("decay_start", total_steps // 2))
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in (self.opt_G, self.opt_D)]
         self.source, self.target = ("A", "B") if opts["direction"] == "AtoB" else ("B", "A")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # the engine enables it for fp16
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         real_a, real_b = batch[self.source], batch[self.target]
@@ -106,24 +107,27 @@ class Pix2PixTrainer(Trainer):
         loss_d = 0.5 * (self.gan(self.D(fake_ab), False) + self.gan(self.D(real_ab), True))
         if self.opts["gan_mode"] == "wgangp":
             loss_d = loss_d + gradient_penalty(self.D, real_ab, fake_ab)
-        loss_d.backward()
-        self.opt_D.step()
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_D)
 
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         loss_gan = self.gan(self.D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
         loss_l1 = self.l1(fake_b, real_b)
-        (loss_gan + self.opts["lambda_l1"] * loss_l1).backward()
-        self.opt_G.step()
+        self.scaler.scale(loss_gan + self.opts["lambda_l1"] * loss_l1).backward()
+        self.scaler.step(self.opt_G)
+        self.scaler.update()
         for s in self.schedulers:
             s.step()
         return {"G_GAN": loss_gan.item(), "G_L1": loss_l1.item(), "D": loss_d.item()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"D": self.D.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                "sched": [s.state_dict() for s in self.schedulers]}
+                "sched": [s.state_dict() for s in self.schedulers], "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.D.load_state_dict(state["D"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])

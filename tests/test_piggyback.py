@@ -26,11 +26,13 @@ def test_first_task_wrapper_is_the_plain_layer(kind):
 
 
 @pytest.mark.parametrize("kind", ["conv", "convT"])
-def test_bank_path_equals_dense_path_and_materialized(kind):
+@pytest.mark.parametrize("coef_scale", [1.0, 7.0])
+def test_bank_path_equals_dense_path_and_materialized(kind, coef_scale):
     base = make(kind)
     filters = base.weight.detach().transpose(0, 1) if kind == "convT" else base.weight.detach()
     bank = torch.randn(11, *filters.shape[1:])
-    wrapped = (PiggybackConv2d if kind == "conv" else PiggybackConvTranspose2d)(base, bank, 0.25)
+    wrapped = (PiggybackConv2d if kind == "conv" else PiggybackConvTranspose2d)(base, bank, 0.25,
+                                                                              coef_scale=coef_scale)
     assert wrapped.free_count == math.ceil(0.25 * 8) and wrapped.coef.shape == (11, 6)
     with torch.no_grad():
         wrapped.coef.normal_()
@@ -56,11 +58,13 @@ def test_gradients_flow_to_free_coef_and_bias_not_bank():
     assert "bank" not in dict(wrapped.named_parameters()) and "bank" not in wrapped.state_dict()
 
 
-def test_warm_start_coefficients_reproduce_bank_filters():
+@pytest.mark.parametrize("coef_scale", [1.0, 10.0])
+def test_warm_start_coefficients_reproduce_bank_filters(coef_scale):
     base = make("conv")
     bank = base.weight.detach().clone()  # the bank holds exactly this layer's filters
-    wrapped = PiggybackConv2d(base, bank, 0.25)
+    wrapped = PiggybackConv2d(base, bank, 0.25, coef_scale=coef_scale)
     torch.testing.assert_close(wrapped.filters(), bank, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(wrapped.coef * coef_scale, wrapped.coefficients())
 
 
 def test_grouped_convolution_is_refused():
