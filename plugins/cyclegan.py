@@ -21,8 +21,8 @@ from pbgan_core.options import Option
 
 from .losses import ImagePool, gradient_penalty
 from .networks import build_generator, init_weights
-from .pix2pix import (DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, build_gan_loss, linear_decay, make_discriminator,
-                      make_optimizer)
+from .pix2pix import (DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, build_gan_loss, linear_decay, load_training_state,
+                      make_discriminator, make_optimizer, save_training_state)
 
 RESNETS = ("resnet_9blocks", "resnet_6blocks")
 GENERATORS = {"AtoB": "G_A", "BtoA": "G_B"}
@@ -118,21 +118,15 @@ class CycleGANTrainer(Trainer):
             s.step()
         return {k: v.item() for k, v in losses.items()}
 
+    def stateful(self) -> dict[str, Any]:
+        return {"D_A": self.D_A, "D_B": self.D_B, "opt_G": self.opt_G, "opt_D": self.opt_D}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"D_A": self.D_A.state_dict(), "D_B": self.D_B.state_dict(), "opt_G": self.opt_G.state_dict(),
-                "opt_D": self.opt_D.state_dict(), "sched": [s.state_dict() for s in self.schedulers],
-                "pool_A": list(self.pool_A.images), "pool_B": list(self.pool_B.images),
-                "pool_rng": self.rng.getstate(), "scaler": self.scaler.state_dict()}
+        return {**save_training_state(self), "pool_A": list(self.pool_A.images),
+                "pool_B": list(self.pool_B.images), "pool_rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.D_A.load_state_dict(state["D_A"])
-        self.D_B.load_state_dict(state["D_B"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        for s, st in zip(self.schedulers, state["sched"]):
-            s.load_state_dict(st)
+        load_training_state(self, state)
         self.pool_A.images = [x.to(self.device) for x in state["pool_A"]]
         self.pool_B.images = [x.to(self.device) for x in state["pool_B"]]
         version, internal, gauss = state["pool_rng"]

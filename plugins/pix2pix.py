@@ -36,6 +36,21 @@ def make_discriminator(opts: Mapping[str, Any], input_nc: int, device: torch.dev
     return init_weights(build_discriminator(*args), opts["init_type"]).to(device)
 
 
+def save_training_state(trainer) -> dict[str, Any]:
+    """State of `trainer.stateful()` (modules, optimizers), its schedulers and grad scaler."""
+    state = {name: obj.state_dict() for name, obj in trainer.stateful().items()}
+    return {**state, "sched": [s.state_dict() for s in trainer.schedulers], "scaler": trainer.scaler.state_dict()}
+
+
+def load_training_state(trainer, state: dict[str, Any]) -> None:
+    if state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    for name, obj in trainer.stateful().items():
+        obj.load_state_dict(state[name])
+    for s, st in zip(trainer.schedulers, state["sched"]):
+        s.load_state_dict(st)
+
+
 def build_gan_loss(mode: str) -> nn.Module:
     return get_plugins().losses.get(mode).build()
 
@@ -121,18 +136,14 @@ class Pix2PixTrainer(Trainer):
             s.step()
         return {"G_GAN": loss_gan.item(), "G_L1": loss_l1.item(), "D": loss_d.item()}
 
+    def stateful(self) -> dict[str, Any]:
+        return {"D": self.D, "opt_G": self.opt_G, "opt_D": self.opt_D}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"D": self.D.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                "sched": [s.state_dict() for s in self.schedulers], "scaler": self.scaler.state_dict()}
+        return save_training_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.D.load_state_dict(state["D"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        for s, st in zip(self.schedulers, state["sched"]):
-            s.load_state_dict(st)
+        load_training_state(self, state)
 
 
 def _build_unet(name: str = "auto", input_nc: int = 3, output_nc: int = 3, size: int | None = None, **kw) -> nn.Module:

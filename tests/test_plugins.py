@@ -30,14 +30,19 @@ def test_a_clashing_name_names_both_plugins():
         build_plugins(extra={"copycat": clash})
 
 
-def test_a_plugin_that_fails_to_import_is_skipped_with_a_warning(monkeypatch):
+@pytest.mark.parametrize("source, message", [(None, "No module named"), ("raise RuntimeError('boom at import')\n",
+                                                                        "boom at import")])
+def test_a_plugin_that_fails_to_import_is_skipped_with_a_warning(monkeypatch, tmp_path, source, message):
+    if source is not None:
+        (tmp_path / "pbgan_exploding_plugin.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
     real = metadata.entry_points
 
     def entry_points(group):
-        broken = metadata.EntryPoint(name="broken", value="pbgan_no_such_module_xyz", group="pbgan")
+        broken = metadata.EntryPoint(name="broken", value="pbgan_exploding_plugin", group="pbgan")
         return [*real(group=group), broken]
 
     monkeypatch.setattr(plugin_module.metadata, "entry_points", entry_points)
-    with pytest.warns(PluginWarning, match="'broken'"):
+    with pytest.warns(PluginWarning, match=f"'broken'.*{message}"):
         plugins = build_plugins()
     assert "pix2pix" in plugins.architectures and "broken" not in plugins.info
