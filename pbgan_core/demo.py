@@ -16,7 +16,7 @@ from rich.table import Table
 
 from .console import console, training_progress
 from .engine import TrainRequest, train_task
-from .generate import generate
+from .engine import eval_split, load_generators
 from .images import read_image, write_image
 from .plugins import get_plugins
 from .store import ModelStore
@@ -68,6 +68,17 @@ def make_crops(folder: Path, crop: int = 128, per_photo: int = 24, seed: int = 0
     return "scikit-image photos" if sources else "generated images (install pbgan[demo] for real photos)"
 
 
+@torch.no_grad()
+def write_samples(store: ModelStore, plugins, task: str, folder: Path) -> None:
+    """One PNG per test photo: the derived condition, the stored task's output, the photo."""
+    entry, generators = load_generators(store, plugins, task)
+    data = eval_split(entry, plugins)
+    for i in range(len(data)):
+        item = data[i]
+        output = generators["G"](item["A"][None])[0]
+        write_image(torch.cat([item["A"], output, item["B"]], dim=-1), folder / f"{Path(item['path']).stem}.png")
+
+
 def run_demo(out: Path, steps: int = 300, size: int = 64, device: str = "cpu") -> dict:
     out = Path(out)
     model_dir = out / "model"
@@ -89,7 +100,7 @@ def run_demo(out: Path, steps: int = 300, size: int = 64, device: str = "cpu") -
     store = ModelStore(model_dir)
     samples = out / "samples"
     for name, _ in TASKS:
-        generate(store, plugins, name, photos / "test", samples / name)
+        write_samples(store, plugins, name, samples / name)
     table = Table(title=f"pbgan demo: 3 lifelong tasks in {time.perf_counter() - started:.0f} s")
     for col in ("task", "params", "ratio", "L1", "PSNR", "SSIM", "forgot"):
         table.add_column(col, justify="left" if col == "task" else "right")
@@ -101,5 +112,5 @@ def run_demo(out: Path, steps: int = 300, size: int = 64, device: str = "cpu") -
                       f"{m['psnr']:.2f}", f"{m['ssim']:.3f}", f"{forgot:.3f}")
     console.print(table)
     console.print("ratio: stored parameters / one standalone generator; forgot: SSIM lost after all 3 tasks")
-    console.print(f"model: {model_dir}\nsamples (conditions from {photos / 'test'}): {samples}/<task>/")
+    console.print(f"model: {model_dir}\nsamples (condition | output | photo): {samples}/<task>/")
     return json.loads(store.manifest_path.read_text())

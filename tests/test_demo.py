@@ -1,6 +1,8 @@
 """`pbgan demo` end to end at a tiny size."""
 import json
 
+from PIL import Image
+
 from pbgan_core.demo import generated_photo, make_crops
 
 
@@ -14,7 +16,10 @@ def test_demo_trains_three_tasks_and_reports(cli, tmp_path):
         assert final[task["name"]] == task["metrics"]  # zero forgetting
     tests = sorted(p.name for p in (tmp_path / "demo" / "photos" / "test").iterdir())
     for task in manifest["tasks"]:
-        assert sorted(p.name for p in (tmp_path / "demo" / "samples" / task["name"]).iterdir()) == tests
+        written = sorted((tmp_path / "demo" / "samples" / task["name"]).iterdir())
+        assert [p.name for p in written] == tests
+        with Image.open(written[0]) as grid:  # condition | output | photo
+            assert grid.size == (3 * 32, 32)
 
 
 def test_generated_photos_stand_in_without_scikit_image(tmp_path, monkeypatch):
