@@ -29,6 +29,8 @@ ENGINE_OPTIONS = (
            "auto: the factorizer's choice (warm, except for standalone)", choices=("auto", "warm", "scratch")),
     Option("eval-images", 32, "test images per task used for the metrics after each task (0: all)"),
     Option("num-workers", 0, "data loader worker processes"),
+    Option("channels-last", False, "train in the channels-last memory format (often faster on GPUs)"),
+    Option("compile", False, "compile the generators and discriminators with torch.compile"),
 )
 
 
@@ -164,7 +166,7 @@ def _json_options(opts: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # options that may change between an interrupted run and its resumption
-RESUME_MAY_CHANGE = ("num_workers", "eval_images")
+RESUME_MAY_CHANGE = ("num_workers", "eval_images", "channels_last", "compile")
 
 
 def _check_resumable(ckpt: Mapping[str, Any], req: TrainRequest, opts: Mapping[str, Any], total: int,
@@ -209,8 +211,11 @@ def probe_sha256(generators: Mapping[str, nn.Module], size: int) -> str:
     return h.hexdigest()
 
 
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def to_device(batch: Mapping[str, Any], device: torch.device,
+              memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            if torch.is_tensor(v) and v.dim() == 4 else v.to(device) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
 
 
 class Interrupted(PbganError):
@@ -315,6 +320,11 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         modules = distributed.trainer_modules(generators, trainer)
         distributed.broadcast_weights(modules, ranks)
         distributed.average_gradients(modules, ranks)
+        memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
+        for module in modules:
+            module.to(memory_format=memory_format)
+            if opts["compile"]:
+                module.compile()  # in place: parameter names, and so stored files, stay the same
 
         started = time.perf_counter()
 
@@ -330,7 +340,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         with DeferredInterrupt() as interrupt:
             for step, batch in zip(range(start, total), batches):
                 with amp:
-                    losses = trainer.step(to_device(batch, device))
+                    losses = trainer.step(to_device(batch, device, memory_format))
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise PbganError(f"training diverged at step {step + 1} (losses {losses}); lower --lr")
                 if progress and ranks.main:

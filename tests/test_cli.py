@@ -148,3 +148,14 @@ def test_images_too_small_for_the_discriminator(cli, tmp_path, arch, args):
     _, _, err = cli("train", "--arch", arch, "--task", "t", "--data", FACADES, "--model-dir", tmp_path / "m",
                     "--steps", "1", "--max-images", "4", *args, expect=1)
     assert "too small for --netD" in one_line_error(err)
+
+
+@needs_data(FACADES)
+@pytest.mark.parametrize("flag, key", [("--channels-last", "channels_last"), ("--compile", "compile")])
+def test_speed_options_train_and_store_a_usable_task(cli, tmp_path, flag, key):
+    cli("train", "--arch", "pix2pix", "--task", "fast", "--data", FACADES, "--model-dir", tmp_path / "m",
+        "--steps", "2", *TINY, flag)
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["tasks"][0]["options"][key] is True
+    cli("generate", "--task", "fast", "--model-dir", tmp_path / "m", FACADES / "test" / "1.jpg", tmp_path / "o.png")
+    assert (tmp_path / "o.png").exists()
