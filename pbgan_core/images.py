@@ -3,9 +3,7 @@ write PNGs atomically, and report unreadable files in one warning."""
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_write_bytes
 from .errors import PbganError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
@@ -138,17 +137,7 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 def write_image(x: torch.Tensor, path: str | Path) -> Path:
     """Save as PNG: same tensor -> same bytes; written to a temp file then renamed into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     to_pil(x).save(buf, format="PNG", optimize=False, compress_level=6)  # no metadata: deterministic
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.getvalue())
     return path
