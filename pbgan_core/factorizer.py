@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from .layers import join_free_filters, materialize_layers, split_free_filters
 from .options import Option
 
 CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
@@ -71,3 +72,19 @@ def replace_modules(root: nn.Module, select: Callable[[str, nn.Module], bool],
     for path, module in chosen:
         replace_module(root, path, make(path, module))
     return [path for path, _ in chosen]
+
+
+class FilterConvFactorizer(Factorizer):
+    """A factorizer whose layers are `pbgan_core.layers.FilterConv`s: the `free` filters of its
+    `bank_layer` layers join the bank, and materializing swaps every layer for a dense one."""
+
+    bank_layer: type
+
+    def split(self, generator: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return split_free_filters(generator, self.bank_layer)
+
+    def join(self, task: dict[str, torch.Tensor], new_filters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return join_free_filters(task, new_filters)
+
+    def materialize(self, generator: nn.Module) -> nn.Module:
+        return materialize_layers(generator)

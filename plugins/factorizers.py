@@ -16,14 +16,16 @@ import torch
 from torch import nn
 
 from pbgan_core.errors import PbganError
-from pbgan_core.factorizer import CONV_TYPES, Factorizer, iter_convs, replace_modules
+from pbgan_core.factorizer import CONV_TYPES, Factorizer, FilterConvFactorizer, iter_convs, replace_modules
 from pbgan_core.hookspecs import hookimpl
-from pbgan_core.layers import FilterConv, FreeConv, join_free_filters, materialize_layers, split_free_filters
+from pbgan_core.layers import FilterConv, FreeConv
 
 
-class BankAdapterFactorizer(Factorizer):
+class BankAdapterFactorizer(FilterConvFactorizer):
     """Task 1 trains FreeConv layers that seed the bank; later tasks wrap each conv with
     `adapter(conv, frozen task-1 filters, settings, initialize)` and add nothing to the bank."""
+
+    bank_layer = FreeConv
 
     def settings(self, opts: Mapping[str, Any]) -> Any:
         """This factorizer's options, checked (on every task, so a bad value fails early)."""
@@ -58,15 +60,6 @@ class BankAdapterFactorizer(Factorizer):
             raise PbganError(f"bank filters {tuple(bank.shape)} of layer {path} do not fit its filters "
                              f"{tuple(shape)}: the generator differs from the one this bank was built for")
         return bank[: shape[0]].detach()
-
-    def split(self, generator: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        return split_free_filters(generator, FreeConv)
-
-    def join(self, task: dict[str, torch.Tensor], new_filters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return join_free_filters(task, new_filters)
-
-    def materialize(self, generator: nn.Module) -> nn.Module:
-        return materialize_layers(generator)
 
 
 class StandaloneFactorizer(Factorizer):

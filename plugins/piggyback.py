@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pbgan_core.errors import PbganError
-from pbgan_core.factorizer import Factorizer, iter_convs, replace_modules
+from pbgan_core.factorizer import FilterConvFactorizer, iter_convs, replace_modules
 from pbgan_core.hookspecs import hookimpl
-from pbgan_core.layers import FilterConv, filters_of, join_free_filters, materialize_layers, split_free_filters
+from pbgan_core.layers import FilterConv, filters_of
 from pbgan_core.options import Option
 
 
@@ -129,8 +129,9 @@ class PiggybackConvTranspose2d(PiggybackConv):
 WRAPPERS = {nn.Conv2d: PiggybackConv2d, nn.ConvTranspose2d: PiggybackConvTranspose2d}
 
 
-class PiggybackFactorizer(Factorizer):
+class PiggybackFactorizer(FilterConvFactorizer):
     name = "piggyback"
+    bank_layer = PiggybackConv
     description = "Piggyback GAN: bank-filter combinations plus a few free filters per layer (zero forgetting)"
     options = (
         Option("lambda", 0.25, "share of each layer's filters that are new free filters in later tasks"),
@@ -162,15 +163,6 @@ class PiggybackFactorizer(Factorizer):
 
         replace_modules(generator, lambda p, m: type(m) in WRAPPERS, make)
         return generator
-
-    def split(self, generator: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        return split_free_filters(generator, PiggybackConv)
-
-    def join(self, task: dict[str, torch.Tensor], new_filters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return join_free_filters(task, new_filters)
-
-    def materialize(self, generator: nn.Module) -> nn.Module:
-        return materialize_layers(generator)
 
 
 @hookimpl

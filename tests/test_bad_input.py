@@ -130,35 +130,35 @@ def tampered_header(tmp, model):
     return ["generate", "--task", "base", FACADES / "test", tmp / "out", "--model-dir", model], "does not match"
 
 
-def tampered_header_and_hash(tmp, model):
-    """The header is rewritten and the manifest hash updated to match: the file must still be refused."""
+def replace_first_task_file(model, data: bytes) -> None:
+    """Overwrite task 1's file and make the manifest's hash agree, as a careful tamperer would."""
     from pbgan_core.atomic import sha256_bytes
 
-    path = model / "tasks" / "0001-base.safetensors"
-    n = int.from_bytes(path.read_bytes()[:8], "little")
-    data = path.read_bytes()
-    bad = data[:8] + b"{" + b" " * (n - 1) + data[8 + n:]
-    path.write_bytes(bad)
+    (model / "tasks" / "0001-base.safetensors").write_bytes(data)
     manifest = json.loads((model / "manifest.json").read_text())
-    manifest["tasks"][0]["sha256"] = sha256_bytes(bad)
+    manifest["tasks"][0]["sha256"] = sha256_bytes(data)
     (model / "manifest.json").write_text(json.dumps(manifest))
+
+
+def tampered_header_and_hash(tmp, model):
+    """The header is rewritten and the manifest hash updated to match: the file must still be refused."""
+    path = model / "tasks" / "0001-base.safetensors"
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    bad = data[:8] + b"{" + b" " * (n - 1) + data[8 + n:]
+    replace_first_task_file(model, bad)
     return ["generate", "--task", "base", FACADES / "test", tmp / "out", "--model-dir", model], "safetensors"
 
 
 def task_from_other_model(tmp, model):
     """A task file copied in from another model (hash updated): its bank fingerprint gives it away."""
-    from pbgan_core.atomic import sha256_bytes
-
     path = model / "tasks" / "0001-base.safetensors"
     data = path.read_bytes()
     tensors = load(data)
     n = int.from_bytes(data[:8], "little")
     meta = json.loads(data[8:8 + n])["__metadata__"]
     foreign = save(tensors, metadata={**meta, "bank_fingerprint": "0" * 64})
-    path.write_bytes(foreign)
-    manifest = json.loads((model / "manifest.json").read_text())
-    manifest["tasks"][0]["sha256"] = sha256_bytes(foreign)
-    (model / "manifest.json").write_text(json.dumps(manifest))
+    replace_first_task_file(model, foreign)
     return ["generate", "--task", "base", FACADES / "test", tmp / "out", "--model-dir", model], "another filter bank"
 
 
