@@ -98,16 +98,17 @@ def task_switch_ms(size: int, ngf: int, repeat: int) -> float:
             "lambda": 0.25}
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp))
-        bank = store.load_bank()
-        for name in ("t1", "t2"):
-            gen = unet(size, ngf)
-            fac.wrap(gen, bank.prefix(len(bank), "G"), opts, initialize=False)
-            kept, added = fac.split(gen)
-            entry = {"name": name, "arch": "pix2pix", "factorizer": "piggyback", "dataset": "aligned", "data": "",
-                     "direction": "AtoB", "options": opts, "params": {}}
-            store.add_task(entry, {f"G/{k}": v for k, v in kept.items()}, {f"G/{k}": v for k, v in added.items()},
-                           bank.fingerprint())
+        with store.transaction():
             bank = store.load_bank()
+            for name in ("t1", "t2"):
+                gen = unet(size, ngf)
+                fac.wrap(gen, bank.prefix(len(bank), "G"), opts, initialize=False)
+                kept, added = fac.split(gen)
+                entry = {"name": name, "arch": "pix2pix", "factorizer": "piggyback", "dataset": "aligned",
+                         "data": "", "direction": "AtoB", "options": opts, "params": {}}
+                store.add_task(entry, {f"G/{k}": v for k, v in kept.items()},
+                               {f"G/{k}": v for k, v in added.items()}, bank.fingerprint())
+                bank = store.load_bank()
         return 1000 * time_it(lambda: load_generators(store, plugins, "t2"), repeat, torch.device("cpu"))
 
 

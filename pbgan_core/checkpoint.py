@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -19,10 +18,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, remove_path
 from .errors import PbganError
+from .tensorfile import save_bytes
 
 FORMAT = 1
 FILE_NAME = "checkpoint.safetensors"
@@ -102,7 +101,7 @@ def save_checkpoint(model_dir: Path, task: str, state: dict[str, Any]) -> Path:
     structure, tensors = flatten_state(state)
     meta = {"format": str(FORMAT), "task": task, "state": json.dumps(structure)}
     path = checkpoint_path(model_dir, task)
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    atomic_write_bytes(path, save_bytes(tensors, metadata=meta))
     return path
 
 
@@ -129,7 +128,7 @@ def load_checkpoint(model_dir: Path, task: str) -> dict[str, Any] | None:
 
 def remove_checkpoint(model_dir: Path, task: str) -> None:
     folder = checkpoint_dir(model_dir, task)
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_path(folder)
     parent = folder.parent
     if parent.is_dir() and not any(parent.iterdir()):
         parent.rmdir()

@@ -149,9 +149,11 @@ def build_app() -> typer.Typer:
         direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA [default: the task's]"),
         aligned: bool = typer.Option(False, "--aligned", help="Inputs are A|B files: use their condition half"),
         device: str = typer.Option("cpu", "--device"),
+        force: bool = typer.Option(False, "--force", help="Replace existing output files"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
-        """Run a stored task on images and write PNGs with the inputs' base names.
+        """Run a stored task on images and write PNGs with the inputs' base names (full names
+        where two inputs share one: x.jpg.png, x.png.png). Existing files are kept unless --force.
 
         Example: pbgan generate --task facades --aligned ../shared/data/facades/test out/
         """
@@ -159,7 +161,7 @@ def build_app() -> typer.Typer:
 
         if direction is not None and direction not in DIRECTIONS:
             raise UsageError(f"--direction must be AtoB or BtoA, got {direction!r}")
-        written = run(_store(model_dir), get_plugins(), task, input, output, direction, aligned, device)
+        written = run(_store(model_dir), get_plugins(), task, input, output, direction, aligned, device, force)
         console.print(f"wrote {len(written)} image(s) to {written[0].parent}")
 
     @app.command()
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         errors.print(f"error: {exc.format_message()}{hint}", markup=False)
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
-        errors.print("interrupted; the model directory is unchanged by the unfinished task", markup=False)
+        errors.print("error: interrupted; the model directory keeps only changes that were complete", markup=False)
         return 130
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("PBGAN_DEBUG"):

@@ -21,9 +21,9 @@ from .errors import PbganError
 from .interfaces import Architecture
 from .options import Option, defaults
 from .plugins import Plugins
+from .manifest import DIRECTIONS
 from .store import ModelStore, check_task_name
 
-DIRECTIONS = ("AtoB", "BtoA")
 ENGINE_OPTIONS = (
     Option("init", "auto", "warm: start a later task from the latest task's generator; scratch: fresh weights; "
            "auto: the factorizer's choice (warm, except for standalone)", choices=("auto", "warm", "scratch")),
@@ -103,12 +103,13 @@ def _prefixed(tensors: Mapping[str, torch.Tensor], name: str) -> dict[str, torch
     return {k[len(lead):]: v for k, v in tensors.items() if k.startswith(lead)}
 
 
-def load_generators(store: ModelStore, plugins: Plugins, name: str,
-                    device: torch.device | str = "cpu") -> tuple[dict[str, Any], dict[str, nn.Module]]:
-    """Rebuild a stored task as dense, plain generators in eval mode."""
+def load_generators(store: ModelStore, plugins: Plugins, name: str, device: torch.device | str = "cpu",
+                    as_of: str | None = None) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+    """Rebuild a stored task as dense, plain generators in eval mode, as they stood after training
+    task `as_of` (default: now; it matters only to factorizers that do not keep old tasks)."""
     entry, tensors, new_filters, bank = store.load_task(name)
     if not plugins.factorizers.get(entry["factorizer"]).keeps_old_tasks:
-        latest = store.tasks[-1]["name"]
+        latest = as_of or store.tasks[-1]["name"]
         if latest != name:  # one shared model: every task uses the latest weights
             entry_latest, gens = load_generators(store, plugins, latest, device)
             return entry, gens
@@ -269,12 +270,25 @@ def split_task(factorizer, generators: dict[str, nn.Module]) -> tuple[dict, dict
     return task_tensors, new_filters, stored
 
 
+def _not_stored(store: ModelStore, task: str, why: str) -> str:
+    """What an unfinished training left, and how to go on."""
+    where = checkpoint_path(store.root, task)
+    if where.exists():
+        return (f"{why}: task {task!r} is not stored; its training state is kept in {where}: run the same "
+                "command with --resume to continue")
+    return f"{why}: task {task!r} is not stored and {store.root} is as before; run the same command to train it"
+
+
+def _taken(store: ModelStore, task: str) -> PbganError:
+    return PbganError(f"task {task!r} exists already in {store.root}; choose another --task name "
+                      "or another --model-dir")
+
+
 def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None = None) -> dict[str, Any]:
     check_task_name(req.task)
     store = ModelStore(req.model_dir)
-    if store.has_task(req.task):
-        raise PbganError(f"task {req.task!r} exists already in {store.root}; choose another --task name "
-                         "or another --model-dir")
+    if store.has_task(req.task):  # an early answer; asked again under the lock
+        raise _taken(store, req.task)
     arch = plugins.architectures.get(req.arch)
     factorizer = plugins.factorizers.get(req.factorizer)
     opts = task_options(req, plugins)
@@ -283,48 +297,53 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
     amp = distributed.autocast(device, req.precision)
     ranks, device = distributed.start(device)
 
-    with store.lock() if ranks.main else contextlib.nullcontext():  # only rank 0 writes
-        ckpt = _find_checkpoint(store, req)
-        torch.manual_seed(req.seed)
-        train_data = dataset_plugin.build(Path(req.data), "train", opts, train=True)
-        if len(train_data) < ranks.world:
-            raise PbganError(f"no training images in {req.data}" if not len(train_data) else
-                             f"{len(train_data)} training image(s) in {req.data} for {ranks.world} processes; "
-                             "use fewer processes or more images")
-        total, opts["decay_start"] = schedule(req, len(train_data) // ranks.world)
-        generators = arch.build_generators(opts)
-        signature = generator_signature(generators)
-        standalone = count_parameters(generators)
-        if store.tasks:
-            check_same_generator(store, req.task, signature)
-            if opts["init"] == "warm" or (opts["init"] == "auto" and factorizer.warm_start):
-                _, previous = load_generators(store, plugins, store.tasks[-1]["name"])
-                for gname, gen in generators.items():
-                    gen.load_state_dict(previous[gname].state_dict())
-        bank = store.load_bank()
-        for gname, gen in generators.items():
-            factorizer.wrap(gen, bank.prefix(len(bank), gname), opts)
-            gen.to(device).train()
-        trainer = arch.build_trainer(generators, opts, device, total)
-        if req.precision == "fp16":
-            distributed.enable_loss_scaling(trainer, req.arch, device)
-
-        start, earlier_seconds, losses = 0, 0.0, {}
-        if ckpt is not None:
-            _check_resumable(ckpt, req, opts, total, bank.fingerprint(), checkpoint_path(store.root, req.task))
+    with store.transaction() if ranks.main else contextlib.nullcontext():  # only rank 0 writes
+        try:
+            if store.has_task(req.task):
+                raise _taken(store, req.task)
+            ckpt = _find_checkpoint(store, req)
+            torch.manual_seed(req.seed)
+            train_data = dataset_plugin.build(Path(req.data), "train", opts, train=True)
+            if len(train_data) < ranks.world:
+                raise PbganError(f"no training images in {req.data}" if not len(train_data) else
+                                 f"{len(train_data)} training image(s) in {req.data} for {ranks.world} processes; "
+                                 "use fewer processes or more images")
+            total, opts["decay_start"] = schedule(req, len(train_data) // ranks.world)
+            generators = arch.build_generators(opts)
+            signature = generator_signature(generators)
+            standalone = count_parameters(generators)
+            if store.tasks:
+                check_same_generator(store, req.task, signature)
+                if opts["init"] == "warm" or (opts["init"] == "auto" and factorizer.warm_start):
+                    _, previous = load_generators(store, plugins, store.tasks[-1]["name"])
+                    for gname, gen in generators.items():
+                        gen.load_state_dict(previous[gname].state_dict())
+            bank = store.load_bank()
             for gname, gen in generators.items():
-                gen.load_state_dict(ckpt["generators"][gname])
-            trainer.load_state_dict(ckpt["trainer"])
-            start, earlier_seconds, losses = ckpt["step"], ckpt["seconds"], ckpt["losses"]
-            set_rng_state(ckpt["rng"])
-        modules = distributed.trainer_modules(generators, trainer)
-        distributed.broadcast_weights(modules, ranks)
-        distributed.average_gradients(modules, ranks)
-        memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
-        for module in modules:
-            module.to(memory_format=memory_format)
-            if opts["compile"]:
-                module.compile()  # in place: parameter names, and so stored files, stay the same
+                factorizer.wrap(gen, bank.prefix(len(bank), gname), opts)
+                gen.to(device).train()
+            trainer = arch.build_trainer(generators, opts, device, total)
+            if req.precision == "fp16":
+                distributed.enable_loss_scaling(trainer, req.arch, device)
+
+            start, earlier_seconds, losses = 0, 0.0, {}
+            if ckpt is not None:
+                _check_resumable(ckpt, req, opts, total, bank.fingerprint(), checkpoint_path(store.root, req.task))
+                for gname, gen in generators.items():
+                    gen.load_state_dict(ckpt["generators"][gname])
+                trainer.load_state_dict(ckpt["trainer"])
+                start, earlier_seconds, losses = ckpt["step"], ckpt["seconds"], ckpt["losses"]
+                set_rng_state(ckpt["rng"])
+            modules = distributed.trainer_modules(generators, trainer)
+            distributed.broadcast_weights(modules, ranks)
+            distributed.average_gradients(modules, ranks)
+            memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
+            for module in modules:
+                module.to(memory_format=memory_format)
+                if opts["compile"]:
+                    module.compile()  # in place: parameter names, and so stored files, stay the same
+        except KeyboardInterrupt:
+            raise Interrupted(_not_stored(store, req.task, "interrupted while starting")) from None
 
         started = time.perf_counter()
 
@@ -338,22 +357,25 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
 
         batches = _batches(train_data, req.batch_size, opts["num_workers"], req.seed, start, ranks)
         with DeferredInterrupt() as interrupt:
-            for step, batch in zip(range(start, total), batches):
-                with amp:
-                    losses = trainer.step(to_device(batch, device, memory_format))
-                if not all(math.isfinite(v) for v in losses.values()):
-                    raise PbganError(f"training diverged at step {step + 1} (losses {losses}); lower --lr")
-                if progress and ranks.main:
-                    progress(step + 1, total, losses)
-                if interrupt.requested and not ranks.main:
-                    raise Interrupted(f"interrupted at step {step + 1} of {total}")
-                if interrupt.requested:
-                    path = checkpoint(step + 1)
-                    raise Interrupted(f"interrupted at step {step + 1} of {total}; saved {path}: run the same "
-                                      "command with --resume to continue")
-                if (req.checkpoint_every > 0 and (step + 1) % req.checkpoint_every == 0 and step + 1 < total
-                        and ranks.main):
-                    checkpoint(step + 1)
+            try:
+                for step, batch in zip(range(start, total), batches):
+                    with amp:
+                        losses = trainer.step(to_device(batch, device, memory_format))
+                    if not all(math.isfinite(v) for v in losses.values()):
+                        raise PbganError(f"training diverged at step {step + 1} (losses {losses}); lower --lr")
+                    if progress and ranks.main:
+                        progress(step + 1, total, losses)
+                    if interrupt.requested and not ranks.main:
+                        raise Interrupted(f"interrupted at step {step + 1} of {total}")
+                    if interrupt.requested:
+                        path = checkpoint(step + 1)
+                        raise Interrupted(f"interrupted at step {step + 1} of {total}; saved {path}: run the same "
+                                          "command with --resume to continue")
+                    if (req.checkpoint_every > 0 and (step + 1) % req.checkpoint_every == 0 and step + 1 < total
+                            and ranks.main):
+                        checkpoint(step + 1)
+            except KeyboardInterrupt:  # a second Ctrl-C: no waiting for the checkpoint
+                raise Interrupted(_not_stored(store, req.task, "interrupted again")) from None
         seconds = earlier_seconds + time.perf_counter() - started
         distributed.record_weights(modules, ranks)
         if not ranks.main:  # rank 0 stores the task; the others wait for it and leave
@@ -373,12 +395,40 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         }
         if start:
             entry["train"]["resumed_at_step"] = start
-        store.add_task(entry, task_tensors, new_filters, bank.fingerprint())
-        store.update_entry(req.task, probe_sha256=probe_task(store, plugins, req.task))
-        remove_checkpoint(store.root, req.task)
-        evaluate_all(store, plugins, after=req.task)
+        try:
+            if start < total:  # the trained weights stay on disk until the manifest names the task
+                checkpoint(total)
+        except KeyboardInterrupt:
+            raise Interrupted(_not_stored(store, req.task, "interrupted while saving the trained weights")) from None
+        store_task(store, plugins, entry, task_tensors, new_filters, bank.fingerprint())
     distributed.finish(ranks)
     return store.task(req.task)
+
+
+def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_tensors: dict[str, torch.Tensor],
+               new_filters: dict[str, torch.Tensor], bank_fingerprint: str) -> None:
+    """Commit a task (with the probe output of its stored files), drop its checkpoint and record
+    its metrics row. Inside a transaction. A message says what was kept when any step fails."""
+    name = entry["name"]
+
+    def add_probe(e: dict[str, Any]) -> None:
+        e["probe_sha256"] = probe_task(store, plugins, name)
+
+    try:
+        store.add_task(entry, task_tensors, new_filters, bank_fingerprint, finish=add_probe)
+        remove_checkpoint(store.root, name)
+        evaluate_all(store, plugins, after=name)
+    except (PbganError, KeyboardInterrupt) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        error = Interrupted if interrupted else PbganError
+        if not store.has_task(name):
+            raise error(_not_stored(store, name, "interrupted while storing it" if interrupted
+                                    else f"storing failed ({exc})")) from None
+        left = checkpoint_path(store.root, name).parent
+        gc = f"; its checkpoint {left} is a leftover that `pbgan gc` removes" if left.exists() else ""
+        raise error(f"task {name!r} is stored in {store.root}, but its metrics row was not recorded "
+                    f"({'interrupted' if interrupted else exc}): run `pbgan eval --model-dir {store.root}` "
+                    f"to compute it{gc}") from None
 
 
 def eval_split(entry: Mapping[str, Any], plugins: Plugins) -> torch.utils.data.Dataset:
@@ -388,8 +438,8 @@ def eval_split(entry: Mapping[str, Any], plugins: Plugins) -> torch.utils.data.D
 
 @torch.no_grad()
 def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=("l1", "psnr", "ssim"),
-                  limit: int | None = None) -> dict[str, float]:
-    entry, generators = load_generators(store, plugins, name)
+                  limit: int | None = None, as_of: str | None = None) -> dict[str, float]:
+    entry, generators = load_generators(store, plugins, name, as_of=as_of)
     arch = plugins.architectures.get(entry["arch"])
     gen = generators[arch.generator_for(entry["direction"])]
     source, target = ("A", "B") if entry["direction"] == "AtoB" else ("B", "A")
@@ -414,9 +464,20 @@ def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=(
 
 
 def evaluate_all(store: ModelStore, plugins: Plugins, after: str) -> dict[str, dict[str, float]]:
-    """Metrics of every task so far, recorded as one row of the task-by-stage matrix."""
-    row = {entry["name"]: evaluate_task(store, plugins, entry["name"]) for entry in store.tasks}
-    store.manifest.setdefault("stages", []).append({"after": after, "metrics": row})
-    store.task(after)["metrics"] = row[after]
-    store.save_manifest()
+    """Metrics of every task up to `after` as they stood after training it, recorded as that
+    row of the task-by-stage matrix. Inside a transaction."""
+    upto = store.task(after)["index"]
+    row = {e["name"]: evaluate_task(store, plugins, e["name"], as_of=after) for e in store.tasks[:upto]}
+    store.record_stage(after, row)
     return row
+
+
+def record_missing_stages(store: ModelStore, plugins: Plugins) -> list[str]:
+    """Compute and store the metrics rows an interrupted training did not record (`pbgan eval`)."""
+    if not store.missing_stages():
+        return []
+    with store.transaction():  # asked again under the lock: another command may have recorded them
+        missing = store.missing_stages()
+        for after in missing:
+            evaluate_all(store, plugins, after)
+    return missing

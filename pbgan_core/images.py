@@ -134,10 +134,11 @@ def to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(kornia.image.tensor_to_image(x)))
 
 
-def write_image(x: torch.Tensor, path: str | Path) -> Path:
-    """Save as PNG: same tensor -> same bytes; written to a temp file then renamed into place."""
+def write_image(x: torch.Tensor, path: str | Path, overwrite: bool = True) -> Path:
+    """Save as PNG: same tensor -> same bytes; written to a temp file then renamed into place
+    (with overwrite=False an existing file is never replaced)."""
     path = Path(path)
     buf = io.BytesIO()
     to_pil(x).save(buf, format="PNG", optimize=False, compress_level=6)  # no metadata: deterministic
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
     return path

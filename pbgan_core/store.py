@@ -3,8 +3,14 @@
     manifest.json            tasks in order, options, fingerprints, file hashes, metrics
     bank/0001-NAME.safetensors   filters each task added to the bank (append-only)
     tasks/0001-NAME.safetensors  everything else each task's forward needs
+    checkpoints/NAME/        the state of a task being trained, until the manifest names it
 
-Every write is atomic; task and bank files are written once and never rewritten.
+Every change happens inside `ModelStore.transaction()`: the directory's lock is taken first and
+the manifest re-read under it, so two commands never write over each other's tasks. Writes are
+atomic, and a task becomes part of the model only when the manifest naming it is written (the
+commit point). Task and bank files are written once and never rewritten. Files that no manifest
+entry names are leftovers of an interrupted command: never data, and never a reason to refuse a
+name; the next commit (or `pbgan gc`) removes them.
 """
 from __future__ import annotations
 
@@ -13,61 +19,77 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from . import __version__
-from .atomic import atomic_write_bytes, sha256_bytes
+from .atomic import atomic_write_bytes, is_temporary, remove_path, sha256_bytes
 from .bank import FilterBank
 from .errors import PbganError
+from .lock import model_lock
+from .manifest import FORMAT, NAME_PATTERN, check_task_name, empty_manifest, file_name, validate  # noqa: F401
+from .tensorfile import read_metadata as _safetensors_metadata
+from .tensorfile import save_bytes
 
-FORMAT = 1
 MODEL_DIR_ENV = "PBGAN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "pbgan-model"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CHECKPOINTS = "checkpoints"
+# task and bank files (NNNN-NAME.safetensors) and the temporary files of their atomic writes
+STORED_FILE = re.compile(r"^\.?\d{4}-[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors(\.[A-Za-z0-9_]+\.tmp)?$")
+MANIFEST_TEMPORARY = re.compile(r"^\.manifest\.json\.[A-Za-z0-9_]+\.tmp$")
 
 
 def default_model_dir() -> Path:
     return Path(os.environ.get(MODEL_DIR_ENV, DEFAULT_MODEL_DIR))
 
 
-def check_task_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
-        raise PbganError(f"task name {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
-                         "(at most 64, starting with a letter or digit)")
-    return name
+def model_dir_containing(path: Path, root: Path | None = None) -> Path | None:
+    """The pbgan model directory `path` is (or lies) in: `root`, or any folder with a manifest."""
+    path = Path(path).resolve()
+    root = Path(root).resolve() if root is not None else None
+    for folder in (path, *path.parents):
+        if folder == root or (folder / "manifest.json").is_file():
+            return folder
+    return None
+
+
+def refuse_inside_model(path: Path, root: Path | None = None) -> None:
+    """Only the store writes into a model directory: outputs go elsewhere."""
+    inside = model_dir_containing(path, root)
+    if inside is not None:
+        raise PbganError(f"{path} is inside the model directory {inside}; write outputs to a folder outside it")
 
 
 class ModelStore:
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise PbganError(f"--model-dir {self.root} is a file, not a model directory; give a folder path")
         self.manifest_path = self.root / "manifest.json"
         self.manifest = self._read_manifest()
+        self._locked = False
         # bank segments already read and verified: files are never rewritten, so switching
         # tasks in one process reads only the task's own file
         self._segments: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
     # --- manifest -------------------------------------------------------------------
     def _read_manifest(self) -> dict[str, Any]:
-        if not self.manifest_path.exists():
-            return {"format": FORMAT, "pbgan": __version__, "tasks": []}
         try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError) as exc:
+            text = self.manifest_path.read_text()
+        except FileNotFoundError:
+            return empty_manifest()
+        except (OSError, UnicodeDecodeError) as exc:
             raise PbganError(f"{self.manifest_path} is unreadable ({exc}); restore it from a backup") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("tasks"), list):
-            raise PbganError(f"{self.manifest_path} is not a pbgan manifest; point --model-dir at a pbgan model")
-        fmt = manifest.get("format")
-        if not isinstance(fmt, int) or fmt > FORMAT:
-            raise PbganError(f"{self.manifest_path} has format {fmt!r}, newer than this pbgan understands "
-                             f"({FORMAT}); upgrade pbgan")
-        return manifest
+        try:
+            manifest = json.loads(text)
+        except ValueError as exc:
+            raise PbganError(f"{self.manifest_path} is unreadable ({exc}); restore it from a backup") from None
+        return validate(manifest, self.manifest_path)
 
     def save_manifest(self) -> None:
+        self._check_locked()
         data = json.dumps(self.manifest, indent=2, sort_keys=False).encode() + b"\n"
         atomic_write_bytes(self.manifest_path, data)
 
@@ -91,34 +113,53 @@ class ModelStore:
 
     # --- lock -----------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / ".lock"
-        for _ in range(2):
+    def transaction(self) -> Iterator["ModelStore"]:
+        """Hold the model directory's lock and work on the manifest as it is now. A manifest read
+        before the lock may be stale (another command may have stored a task meanwhile), so it is
+        read again here; every method that writes refuses to run outside a transaction."""
+        with model_lock(self.root):
+            self.manifest = self._read_manifest()
+            self._locked = True
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                pid = _read_pid(path)
-                if pid is not None and not _alive(pid):
-                    path.unlink(missing_ok=True)  # the holder died: its lock is stale
-                    continue
-                raise PbganError(f"{self.root} is in use by another pbgan process (pid {pid}, lock {path}); "
-                                 "wait for it to finish, or delete the lock file if that process is gone") from None
-            except OSError as exc:
-                raise PbganError(f"cannot lock {self.root}: {exc.strerror}; check permissions") from None
-        else:
-            raise PbganError(f"cannot take the lock {path}; delete it if no pbgan process is running")
-        try:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            yield
-        finally:
-            path.unlink(missing_ok=True)
+                yield self
+            finally:
+                self._locked = False
+
+    def _check_locked(self) -> None:
+        if not self._locked:
+            raise RuntimeError(f"{self.root} written without its lock: use ModelStore.transaction()")
+
+    # --- leftovers ------------------------------------------------------------------
+    def leftovers(self) -> list[Path]:
+        """Files no manifest entry names: task and bank files of an interrupted commit, temporary
+        files of a killed write, checkpoints of tasks already stored. Only names pbgan writes
+        count: anything else in the directory is not pbgan's and is left alone."""
+        named = {entry[key] for entry in self.tasks for key in ("file", "bank_file")}
+        found = []
+        for folder in ("tasks", "bank"):
+            if (self.root / folder).is_dir():
+                found += [p for p in sorted((self.root / folder).iterdir())
+                          if STORED_FILE.match(p.name) and f"{folder}/{p.name}" not in named]
+        if self.root.is_dir():
+            found += [p for p in sorted(self.root.iterdir()) if MANIFEST_TEMPORARY.match(p.name)]
+        if (self.root / CHECKPOINTS).is_dir():
+            for folder in sorted((self.root / CHECKPOINTS).iterdir()):
+                if self.has_task(folder.name):
+                    found.append(folder)
+                elif folder.is_dir():
+                    found += [p for p in sorted(folder.iterdir()) if is_temporary(p)]
+        return found
+
+    def remove_leftovers(self) -> list[Path]:
+        self._check_locked()
+        found = self.leftovers()
+        for path in found:
+            remove_path(path)
+        return found
 
     # --- tensors --------------------------------------------------------------------
     def _write_tensors(self, rel: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-        data = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+        data = save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
         atomic_write_bytes(self.root / rel, data, overwrite=False)
         return sha256_bytes(data)
 
@@ -128,6 +169,8 @@ class ModelStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise PbganError(f"{path} is missing; the model directory is incomplete (run `pbgan verify`)") from None
+        except OSError as exc:
+            raise PbganError(f"cannot read {path}: {exc.strerror}; check permissions") from None
         if expected_sha256 and sha256_bytes(data) != expected_sha256:
             raise PbganError(f"{path} does not match the hash in manifest.json: it was changed or damaged; "
                              "restore it from a backup")
@@ -139,25 +182,50 @@ class ModelStore:
         return tensors, metadata
 
     def file_name(self, index: int, name: str) -> str:
-        return f"{index:04d}-{name}.safetensors"
+        return file_name(index, name)
 
     def add_task(self, entry: dict[str, Any], task_tensors: dict[str, torch.Tensor],
-                 new_filters: dict[str, torch.Tensor], bank_fingerprint: str) -> None:
-        """Write the task's files, then the manifest that names them (the commit point)."""
+                 new_filters: dict[str, torch.Tensor], bank_fingerprint: str,
+                 finish: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Store a task: remove leftovers, write its files, let `finish(entry)` complete the entry
+        (it can already load the task), then write the manifest that names them: the commit point.
+        On any failure before that the task's files are removed again and the model is as before."""
+        self._check_locked()
         if self.has_task(entry["name"]):
             raise PbganError(f"task {entry['name']!r} exists already in {self.root}; choose another --task name")
+        self.remove_leftovers()
         index = len(self.tasks) + 1
         fname = self.file_name(index, entry["name"])
         meta = {"format": str(FORMAT), "task": entry["name"], "index": str(index),
                 "bank_fingerprint": bank_fingerprint, "bank_segments": str(index - 1)}
-        entry["index"] = index
-        entry["file"] = f"tasks/{fname}"
-        entry["sha256"] = self._write_tensors(entry["file"], task_tensors, meta)
-        entry["bank_file"] = f"bank/{fname}"
-        entry["bank_sha256"] = self._write_tensors(entry["bank_file"], new_filters, {**meta, "kind": "bank"})
-        entry["bank_fingerprint"] = bank_fingerprint
-        self.tasks.append(entry)
-        self.save_manifest()
+        entry.update(index=index, file=f"tasks/{fname}", bank_file=f"bank/{fname}", bank_fingerprint=bank_fingerprint)
+        written = []
+        try:
+            entry["sha256"] = self._write_tensors(entry["file"], task_tensors, meta)
+            written.append(entry["file"])
+            entry["bank_sha256"] = self._write_tensors(entry["bank_file"], new_filters, {**meta, "kind": "bank"})
+            written.append(entry["bank_file"])
+            self.tasks.append(entry)
+            if finish is not None:
+                finish(entry)
+            self.save_manifest()
+        except BaseException:
+            if not self._committed(entry):
+                if self.tasks and self.tasks[-1] is entry:
+                    self.tasks.pop()
+                for rel in written:
+                    with contextlib.suppress(Exception):  # best effort: what stays is a leftover
+                        (self.root / rel).unlink(missing_ok=True)
+            raise
+
+    def _committed(self, entry: dict[str, Any]) -> bool:
+        """Whether the manifest on disk names the entry's files after all (an interrupt that came
+        just after the commit point)."""
+        try:
+            on_disk = json.loads(self.manifest_path.read_text()).get("tasks", [])
+            return any(isinstance(t, dict) and t.get("file") == entry.get("file") for t in on_disk)
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def load_bank(self, length: int | None = None) -> FilterBank:
         """The bank as it stood after `length` tasks (all by default), verified against the manifest."""
@@ -185,28 +253,23 @@ class ModelStore:
         return entry, tensors, new_filters, bank
 
     def update_entry(self, name: str, **fields: Any) -> None:
+        self._check_locked()
         self.task(name).update(fields)
         self.save_manifest()
 
+    # --- the task-by-stage matrix ---------------------------------------------------
+    def missing_stages(self) -> list[str]:
+        """Tasks after which no metrics row was recorded (an interrupted final evaluation)."""
+        have = {stage["after"] for stage in self.manifest.get("stages", [])}
+        return [entry["name"] for entry in self.tasks if entry["name"] not in have]
 
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8: 8 + n])
-    return header.get("__metadata__", {}) or {}
+    def record_stage(self, after: str, row: dict[str, dict[str, float]]) -> None:
+        """Store the metrics of every task so far as measured after training `after`, in training order."""
+        self._check_locked()
+        order = {entry["name"]: entry["index"] for entry in self.tasks}
+        stages = [s for s in self.manifest.get("stages", []) if s["after"] != after]
+        stages.append({"after": after, "metrics": row})
+        self.manifest["stages"] = sorted(stages, key=lambda s: order.get(s["after"], len(order) + 1))
+        self.task(after)["metrics"] = row[after]
+        self.save_manifest()
 
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip() or "x")
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +21,8 @@ def register_commands(cli):
 
     from pbgan_core.cli import ModelDir, _store
     from pbgan_core.console import console
-    from pbgan_core.engine import evaluate_task
+    from pbgan_core.engine import evaluate_task, record_missing_stages
+    from pbgan_core.lock import ModelInUse
     from pbgan_core.errors import UsageError
     from pbgan_core.plugins import get_plugins
     from pbgan_core.report import build_report, forgetting, stage_matrix
@@ -43,7 +45,8 @@ def register_commands(cli):
         json_out: bool = typer.Option(False, "--json", help="Print JSON"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
-        """Score every task (or one) on its test split now, then show how each task's metric moved
+        """Record any metrics row an interrupted training left out, score every task (or one) on
+        its test split now, then show how each task's metric moved
         as later tasks were trained (rows: after training task i; columns: task j) and its
         forgetting (best earlier value minus final value; positive = got worse).
 
@@ -59,13 +62,20 @@ def register_commands(cli):
         higher = plugins.metrics.get(matrix_metric).higher_is_better
         metric_plugin.configure(fid_weights=fid_weights, lpips_weights=lpips_weights)
         chosen = [store.task(task)["name"]] if task else [t["name"] for t in store.tasks]
+        recorded = []
+        try:
+            recorded = record_missing_stages(store, plugins)
+        except ModelInUse as exc:
+            warnings.warn(f"the missing metrics rows were not recorded ({exc})", stacklevel=1)
+        if recorded and not json_out:
+            console.print(f"recorded the missing metrics row after: {', '.join(recorded)}", markup=False)
         now = {name: evaluate_task(store, plugins, name, names, images) for name in chosen}
 
         stages = store.manifest.get("stages", [])
         tasks, matrix = stage_matrix(stages, matrix_metric) if stages else ([], [])
         drops = dict(zip(tasks, forgetting(matrix, higher)))
         if json_out:
-            print(json.dumps({"model_dir": str(store.root), "metrics": now,
+            print(json.dumps({"model_dir": str(store.root), "recorded_rows_after": recorded, "metrics": now,
                               "matrix": {"metric": matrix_metric, "higher_is_better": higher, "tasks": tasks,
                                          "after": [s["after"] for s in stages], "values": matrix},
                               "forgetting": drops}, indent=2))

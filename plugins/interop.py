@@ -17,12 +17,12 @@ from typing import Any, Optional
 
 import torch
 import typer
-from safetensors.torch import save as st_save
 
 from pbgan_core.atomic import atomic_write_bytes
 from pbgan_core.errors import PbganError, UsageError
 from pbgan_core.hookspecs import hookimpl
-from pbgan_core.store import ModelStore, check_task_name, default_model_dir
+from pbgan_core.store import ModelStore, check_task_name, default_model_dir, refuse_inside_model
+from pbgan_core.tensorfile import save_bytes
 
 FORMATS = ("state-dict", "torchscript", "onnx")
 
@@ -37,34 +37,53 @@ def task_generator(store: ModelStore, plugins, name: str) -> tuple[dict[str, Any
     return entry, generators[plugins.architectures.get(entry["arch"]).generator_for(entry["direction"])]
 
 
-def export(store: ModelStore, plugins, name: str, fmt: str, out: Path) -> list[Path]:
+def export(store: ModelStore, plugins, name: str, fmt: str, out: Path, force: bool = False) -> list[Path]:
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise PbganError("exporting to ONNX needs the onnx package: pip install onnx (or use --format torchscript)")
-    entry, gen = task_generator(store, plugins, name)
     out = Path(out)
     if fmt == "state-dict":
-        state = {k: v.detach().contiguous() for k, v in gen.state_dict().items()}
         stem = out.with_suffix("") if out.suffix in (".pth", ".safetensors") else out
         paths = [stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".pth")]
+    else:
+        paths = [out]
+    for path in paths:
+        refuse_inside_model(path, store.root)
+        if path.is_dir():
+            raise PbganError(f"{path} is a folder; give the path of the file to write")
+        if path.exists() and not force:
+            raise PbganError(f"{path} exists already; add --force to replace it, or choose another path")
+    entry, gen = task_generator(store, plugins, name)
+    if fmt == "state-dict":
+        state = {k: v.detach().contiguous() for k, v in gen.state_dict().items()}
         buffer = io.BytesIO()
         torch.save(state, buffer)  # tensors only: loads with torch.load(..., weights_only=True)
-        atomic_write_bytes(paths[0], st_save(state, metadata={"task": name, "arch": entry["arch"]}))
-        atomic_write_bytes(paths[1], buffer.getvalue())
-        return paths
-    size = int(entry["options"]["size"])
-    first = next(m for m in gen.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
-    example = torch.rand(1, first.in_channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    buffer = io.BytesIO()
-    with torch.no_grad():
-        if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(gen, example), buffer)
-        else:
-            torch.onnx.export(gen, (example,), buffer, input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
-    atomic_write_bytes(out, buffer.getvalue())
-    return [out]
+        contents = [save_bytes(state, metadata={"task": name, "arch": entry["arch"]}), buffer.getvalue()]
+    else:
+        size = int(entry["options"]["size"])
+        first = next(m for m in gen.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
+        example = torch.rand(1, first.in_channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        buffer = io.BytesIO()
+        with torch.no_grad():
+            if fmt == "torchscript":
+                torch.jit.save(torch.jit.trace(gen, example), buffer)
+            else:
+                torch.onnx.export(gen, (example,), buffer, input_names=["input"], output_names=["output"],
+                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+        contents = [buffer.getvalue()]
+    created = []
+    try:
+        for path, data in zip(paths, contents):
+            existed = path.exists()
+            atomic_write_bytes(path, data, overwrite=force)
+            if not existed:
+                created.append(path)
+    except BaseException:  # an export is whole or absent: a retry needs no --force
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+    return paths
 
 
 # --- import ------------------------------------------------------------------------------
@@ -106,17 +125,20 @@ def infer_unet(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
             "state": state}
 
 
+def _not_empty(store: ModelStore) -> PbganError:
+    return PbganError(f"{store.root} has tasks already; an import starts a new model: give an empty --model-dir")
+
+
 def import_reference(plugins, checkpoint: Path, arch_name: str, task: str, model_dir: Path, data: Path,
                      direction: str, size: int | None, eval_images: int) -> dict[str, Any]:
-    from pbgan_core.engine import (TrainRequest, count_parameters, evaluate_all, generator_signature, probe_task,
-                                   task_options)
+    from pbgan_core.engine import TrainRequest, count_parameters, generator_signature, store_task, task_options
 
     check_task_name(task)
     if arch_name != "pix2pix":
         raise UsageError(f"--arch {arch_name}: only pix2pix (U-Net) checkpoints can be imported")
     store = ModelStore(model_dir)
-    if store.tasks:
-        raise PbganError(f"{store.root} has tasks already; an import starts a new model: give an empty --model-dir")
+    if store.tasks:  # an early answer; asked again under the lock
+        raise _not_empty(store)
     found = infer_unet(read_reference_checkpoint(checkpoint), checkpoint)
     if found["in"] != 3:
         raise PbganError(f"{checkpoint} takes {found['in']} input channels; pix2pix here translates RGB (3)")
@@ -127,18 +149,20 @@ def import_reference(plugins, checkpoint: Path, arch_name: str, task: str, model
     opts = task_options(req, plugins)
     arch, factorizer = plugins.architectures.get(arch_name), plugins.factorizers.get(req.factorizer)
     plugins.datasets.get(opts["dataset"]).build(Path(data), "test", opts, train=False)  # fail before storing
-    with store.lock():
-        generators = arch.build_generators(opts)
-        try:
-            generators["G"].load_state_dict(found["state"], strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-            raise PbganError(f"{checkpoint} does not fit a {found['netG']} U-Net with ngf {found['ngf']} "
-                             f"({first[:200]})") from None
-        signature, standalone = generator_signature(generators), count_parameters(generators)
-        gen = factorizer.wrap(generators["G"], {}, opts)  # empty bank: every filter is free
-        gen.eval()
-        kept, added = factorizer.split(gen)
+    generators = arch.build_generators(opts)
+    try:
+        generators["G"].load_state_dict(found["state"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise PbganError(f"{checkpoint} does not fit a {found['netG']} U-Net with ngf {found['ngf']} "
+                         f"({first[:200]})") from None
+    signature, standalone = generator_signature(generators), count_parameters(generators)
+    gen = factorizer.wrap(generators["G"], {}, opts)  # empty bank: every filter is free
+    gen.eval()
+    kept, added = factorizer.split(gen)
+    with store.transaction():
+        if store.tasks:
+            raise _not_empty(store)
         entry = {
             "name": task, "arch": arch_name, "factorizer": req.factorizer, "dataset": opts["dataset"],
             "data": str(data), "direction": direction, "options": {k: v for k, v in opts.items()
@@ -148,10 +172,8 @@ def import_reference(plugins, checkpoint: Path, arch_name: str, task: str, model
                        "bank_added": sum(t.numel() for t in added.values())},
             "train": {"steps": 0, "imported_from": str(checkpoint)},
         }
-        store.add_task(entry, {f"G/{k}": v for k, v in kept.items()}, {f"G/{k}": v for k, v in added.items()},
-                       store.load_bank().fingerprint())
-        store.update_entry(task, probe_sha256=probe_task(store, plugins, task))
-        evaluate_all(store, plugins, after=task)
+        store_task(store, plugins, entry, {f"G/{k}": v for k, v in kept.items()},
+                   {f"G/{k}": v for k, v in added.items()}, store.load_bank().fingerprint())
     return store.task(task)
 
 
@@ -168,6 +190,7 @@ def register_commands(cli):
                                               "and OUT.pth)"),
                    task: str = typer.Option(..., "--task", help="Which task's generator to export"),
                    fmt: str = typer.Option("state-dict", "--format", help="state-dict, torchscript or onnx"),
+                   force: bool = typer.Option(False, "--force", help="Replace existing output files"),
                    model_dir: Optional[Path] = model_dir_option) -> None:
         """Write a task's standalone generator for use without pbgan.
 
@@ -176,7 +199,7 @@ def register_commands(cli):
         store = ModelStore(model_dir or default_model_dir())
         if not store.exists:
             raise PbganError(f"no pbgan model in {store.root}; train a task first or pass --model-dir")
-        for path in export(store, get_plugins(), task, fmt, out):
+        for path in export(store, get_plugins(), task, fmt, out, force):
             console.print(f"wrote {path}", markup=False)
 
     @cli.command("import")

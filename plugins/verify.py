@@ -1,8 +1,10 @@
-"""`pbgan verify`: prove a model directory is intact.
+"""`pbgan verify`: prove a model directory is intact; `pbgan gc`: remove what interrupted
+commands left behind.
 
 For every task: its task and bank files match the manifest's hashes and parse, its bank
 prefix has the fingerprint it was trained on, every stored tensor has the shape the
 generator needs, and the rebuilt generator reproduces the probe output recorded at training.
+Files no manifest entry names are listed as leftovers: they are not part of the model.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import typer
 from pbgan_core.bank import FilterBank
 from pbgan_core.errors import PbganError
 from pbgan_core.hookspecs import hookimpl
+from pbgan_core.lock import lock_holder
 from pbgan_core.store import ModelStore
 
 
@@ -88,23 +91,42 @@ def verify_model(store: ModelStore, plugins, report) -> int:
     return total
 
 
+def leftover_lines(store: ModelStore) -> list[str]:
+    """What verify says beyond the tasks: leftovers of interrupted commands, missing metrics rows."""
+    holder = lock_holder(store.root)
+    if holder is not None:
+        return [f"NOTE  {store.root} is being written by another pbgan process ({holder}): leftovers not listed"]
+    lines = [f"LEFT  {path.relative_to(store.root)}: no manifest entry names it (left by an interrupted command); "
+             "`pbgan gc` removes it" for path in store.leftovers()]
+    lines += [f"NOTE  {name}: no metrics row after it (interrupted final evaluation); `pbgan eval` records it"
+              for name in store.missing_stages()]
+    return lines
+
+
 @hookimpl
 def register_commands(cli):
     from pbgan_core.console import console
     from pbgan_core.plugins import get_plugins
     from pbgan_core.store import default_model_dir
 
+    model_dir_option = typer.Option(None, "--model-dir", envvar="PBGAN_MODEL_DIR",
+                                    help="Lifelong model directory [default: ./pbgan-model]")
+
+    def existing(model_dir: Optional[Path]) -> ModelStore:
+        store = ModelStore(model_dir or default_model_dir())
+        if not store.root.is_dir():
+            raise PbganError(f"no pbgan model in {store.root}; pass --model-dir")
+        return store
+
     @cli.command()
-    def verify(model_dir: Optional[Path] = typer.Option(None, "--model-dir", envvar="PBGAN_MODEL_DIR",
-                                                        help="Lifelong model directory [default: ./pbgan-model]")
-               ) -> None:
+    def verify(model_dir: Optional[Path] = model_dir_option) -> None:
         """Check every stored file against the manifest, each task's bank fingerprint and
-        tensor shapes, and recompute each task's probe output.
+        tensor shapes, and recompute each task's probe output; list leftover files.
 
         Example: pbgan verify --model-dir pbgan-model
         """
-        store = ModelStore(model_dir or default_model_dir())
-        if not store.exists:
+        store = existing(model_dir)
+        if not store.exists and not store.leftovers():
             raise PbganError(f"no pbgan model in {store.root}; pass --model-dir")
 
         def report(name: str, problems: list[str]) -> None:
@@ -114,6 +136,22 @@ def register_commands(cli):
                 console.print(f"FAIL  {name}: {p}", markup=False, soft_wrap=True)
 
         failed = verify_model(store, get_plugins(), report)
+        for line in leftover_lines(store):
+            console.print(line, markup=False, soft_wrap=True)
         if failed:
             raise PbganError(f"{failed} problem(s) in {store.root}: restore the named files from a backup")
         console.print(f"{len(store.tasks)} task(s) verified in {store.root}", markup=False)
+
+    @cli.command()
+    def gc(model_dir: Optional[Path] = model_dir_option) -> None:
+        """Remove files no manifest entry names: task and bank files of an interrupted commit,
+        temporary files, checkpoints of tasks already stored. Never touches a stored task.
+
+        Example: pbgan gc --model-dir pbgan-model
+        """
+        store = existing(model_dir)
+        with store.transaction():
+            removed = store.remove_leftovers()
+        for path in removed:
+            console.print(f"removed {path.relative_to(store.root)}", markup=False)
+        console.print(f"{len(removed)} leftover(s) removed from {store.root}", markup=False)

@@ -27,7 +27,7 @@ def test_list_plugins_json_lists_the_builtin_plugins(cli):
     assert {"aligned", "derived", "folder", "unaligned"} <= set(rows["datasets"]["provides"]["datasets"])
     assert {"l1", "psnr", "ssim"} <= set(rows["metrics"]["provides"]["metrics"])
     assert rows["pix2pix"]["distribution"] == "pbgan" and rows["pix2pix"]["version"] == __version__
-    assert rows["verify"]["provides"]["commands"] == ["verify"]
+    assert rows["verify"]["provides"]["commands"] == ["gc", "verify"]
     assert rows["known_data"]["provides"]["commands"] == ["data"]
 
 
@@ -125,12 +125,14 @@ def test_second_writer_is_stopped_by_the_lock(tmp_path):
     from pbgan_core.store import ModelStore
 
     store = ModelStore(tmp_path / "m")
-    with store.lock():
-        with pytest.raises(PbganError, match="in use by another pbgan process"):
-            with ModelStore(tmp_path / "m").lock():
+    with store.transaction():
+        with pytest.raises(PbganError, match=f"in use by another pbgan process \\(pid {os.getpid()}\\)"):
+            with ModelStore(tmp_path / "m").transaction():
                 pass
-    (tmp_path / "m" / ".lock").write_text("999999999")  # a dead holder's stale lock is taken over
-    with ModelStore(tmp_path / "m").lock():
+    assert not (tmp_path / "m").exists()  # nothing was written: no empty model directory is left
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / ".lock").write_text("999999999")  # a killed holder's lock file is taken over
+    with ModelStore(tmp_path / "m").transaction():
         assert (tmp_path / "m" / ".lock").read_text() == str(os.getpid())
 
 

@@ -117,13 +117,14 @@ def test_task_file_from_another_bank_is_refused(lifelong, tmp_path, cli):
     shutil.copytree(lifelong["model"], model)
     # another first task: a different bank under the same later task files
     store = ModelStore(model)
-    first = store.tasks[0]
-    tensors, meta = store.read_tensors(first["bank_file"], first["bank_sha256"])
-    from safetensors.torch import save_file
-    save_file({k: v + 1 for k, v in tensors.items()}, str(model / first["bank_file"]), metadata=meta)
-    import hashlib
-    first["bank_sha256"] = hashlib.sha256((model / first["bank_file"]).read_bytes()).hexdigest()
-    store.save_manifest()
+    with store.transaction():
+        first = store.tasks[0]
+        tensors, meta = store.read_tensors(first["bank_file"], first["bank_sha256"])
+        from safetensors.torch import save_file
+        save_file({k: v + 1 for k, v in tensors.items()}, str(model / first["bank_file"]), metadata=meta)
+        import hashlib
+        first["bank_sha256"] = hashlib.sha256((model / first["bank_file"]).read_bytes()).hexdigest()
+        store.save_manifest()
     _, _, err = cli("generate", "--task", "shoes", "--model-dir", model, FACADES / "test" / "1.jpg",
                     tmp_path / "o.png", expect=1)
     assert "another filter bank" in one_line_error(err)
