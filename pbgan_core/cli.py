@@ -259,11 +259,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     errors.print(f"warning: {message}", markup=False)
 
 
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         app = build_app()
         result = app(args=argv, prog_name="pbgan", standalone_mode=False)
+        if result == INTERRUPTED:  # Typer turns a Ctrl-C inside a command into a silent exit 130
+            raise KeyboardInterrupt
         return result if isinstance(result, int) else 0
     except PbganError as exc:
         errors.print(f"error: {exc}", markup=False)
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         errors.print("error: interrupted; the model directory keeps only changes that were complete", markup=False)
-        return 130
+        return INTERRUPTED
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("PBGAN_DEBUG"):
             raise

@@ -348,12 +348,15 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         started = time.perf_counter()
 
         def checkpoint(done: int) -> Path:
-            return save_checkpoint(store.root, req.task, {
-                "step": done, "total": total, "seconds": earlier_seconds + time.perf_counter() - started,
-                "losses": losses, "bank_fingerprint": bank.fingerprint(), "options": _json_options(opts),
-                "request": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(req).items()},
-                "generators": {g: gen.state_dict() for g, gen in generators.items()},
-                "trainer": trainer.state_dict(), "rng": rng_state()})
+            try:
+                return save_checkpoint(store.root, req.task, {
+                    "step": done, "total": total, "seconds": earlier_seconds + time.perf_counter() - started,
+                    "losses": losses, "bank_fingerprint": bank.fingerprint(), "options": _json_options(opts),
+                    "request": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(req).items()},
+                    "generators": {g: gen.state_dict() for g, gen in generators.items()},
+                    "trainer": trainer.state_dict(), "rng": rng_state()})
+            except PbganError as exc:
+                raise PbganError(_not_stored(store, req.task, f"saving a checkpoint failed ({exc})")) from None
 
         batches = _batches(train_data, req.batch_size, opts["num_workers"], req.seed, start, ranks)
         with DeferredInterrupt() as interrupt:
@@ -368,9 +371,8 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
                     if interrupt.requested and not ranks.main:
                         raise Interrupted(f"interrupted at step {step + 1} of {total}")
                     if interrupt.requested:
-                        path = checkpoint(step + 1)
-                        raise Interrupted(f"interrupted at step {step + 1} of {total}; saved {path}: run the same "
-                                          "command with --resume to continue")
+                        checkpoint(step + 1)
+                        raise Interrupted(_not_stored(store, req.task, f"interrupted at step {step + 1} of {total}"))
                     if (req.checkpoint_every > 0 and (step + 1) % req.checkpoint_every == 0 and step + 1 < total
                             and ranks.main):
                         checkpoint(step + 1)

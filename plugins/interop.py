@@ -52,8 +52,6 @@ def export(store: ModelStore, plugins, name: str, fmt: str, out: Path, force: bo
         refuse_inside_model(path, store.root)
         if path.is_dir():
             raise PbganError(f"{path} is a folder; give the path of the file to write")
-        if path.exists() and not force:
-            raise PbganError(f"{path} exists already; add --force to replace it, or choose another path")
     entry, gen = task_generator(store, plugins, name)
     if fmt == "state-dict":
         state = {k: v.detach().contiguous() for k, v in gen.state_dict().items()}
@@ -72,18 +70,30 @@ def export(store: ModelStore, plugins, name: str, fmt: str, out: Path, force: bo
                 torch.onnx.export(gen, (example,), buffer, input_names=["input"], output_names=["output"],
                                   dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
         contents = [buffer.getvalue()]
+    todo = [(path, data) for path, data in zip(paths, contents) if not _holds(path, data)]
+    for path, _ in todo:
+        if path.exists() and not force:
+            raise PbganError(f"{path} exists already; add --force to replace it, or choose another path")
     created = []
     try:
-        for path, data in zip(paths, contents):
+        for path, data in todo:
             existed = path.exists()
             atomic_write_bytes(path, data, overwrite=force)
             if not existed:
                 created.append(path)
-    except BaseException:  # an export is whole or absent: a retry needs no --force
+    except BaseException:  # an export is whole or absent, so the same command can run again
         for path in created:
             path.unlink(missing_ok=True)
         raise
     return paths
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether `path` has exactly these bytes already (writing them again replaces nothing)."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 # --- import ------------------------------------------------------------------------------
