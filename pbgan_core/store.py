@@ -78,7 +78,7 @@ class ModelStore:
     def _read_manifest(self) -> dict[str, Any]:
         try:
             text = self.manifest_path.read_text()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no model yet (or a path below a file: said on writing)
             return empty_manifest()
         except (OSError, UnicodeDecodeError) as exc:
             raise PbganError(f"{self.manifest_path} is unreadable ({exc}); restore it from a backup") from None

@@ -1,5 +1,6 @@
 """Bad input across the command line: each case ends in one clear `error:` line and a non-zero
 exit (or, where skipping is right, a counted warning), and never costs the model a byte."""
+import fcntl
 import json
 import os
 import shutil
@@ -195,9 +196,98 @@ def read_only_output(tmp, model):
     return ["generate", "--task", "base", "--aligned", FACADES / "test", out, "--model-dir", model], "cannot write"
 
 
+HELD: list[int] = []  # lock files held by "another process" during a case
+
+
 def model_in_use(tmp, model):
-    (model / ".lock").write_text(str(os.getppid()))  # another live process holds the lock
-    return train(model, FACADES), "in use by another pbgan process"
+    fd = os.open(model / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running pbgan command holds it
+    os.write(fd, str(os.getppid()).encode())
+    HELD.append(fd)
+    return train(model, FACADES), f"in use by another pbgan process (pid {os.getppid()})"
+
+
+def gc_in_use(tmp, model):
+    argv, expected = model_in_use(tmp, model)
+    return ["gc", "--model-dir", model], expected
+
+
+def model_dir_is_a_file(tmp, model):
+    (tmp / "file").write_text("x")
+    return train(tmp / "file", FACADES), "is a file, not a model directory"
+
+
+def model_dir_below_a_file(tmp, model):
+    (tmp / "file").write_text("x")
+    return train(tmp / "file" / "model", FACADES), "cannot create the model directory"
+
+
+def edit_manifest(model: Path, change) -> None:
+    manifest = json.loads((model / "manifest.json").read_text())
+    change(manifest)
+    (model / "manifest.json").write_text(json.dumps(manifest))
+
+
+def manifest_without_sha256(tmp, model):
+    edit_manifest(model, lambda m: m["tasks"][0].pop("sha256"))
+    return ["generate", "--task", "base", FACADES / "test", tmp / "out", "--model-dir", model], \
+        "tasks[0] ('base') has no field 'sha256'"
+
+
+def manifest_without_index(tmp, model):
+    edit_manifest(model, lambda m: m["tasks"][0].pop("index"))
+    return ["tasks", "--model-dir", model], "has no field 'index'"
+
+
+def task_name_a_number(tmp, model):
+    edit_manifest(model, lambda m: m["tasks"][0].update(name=5))
+    return ["tasks", "--model-dir", model], "tasks[0] field 'name' must be a task name"
+
+
+def format_as_text(tmp, model):
+    edit_manifest(model, lambda m: m.update(format="1"))
+    return ["tasks", "--model-dir", model], "field 'format' must be a whole number such as 1, got \"1\""
+
+
+def task_file_outside_the_model(tmp, model):
+    edit_manifest(model, lambda m: m["tasks"][0].update(file="../../elsewhere.safetensors"))
+    return ["verify", "--model-dir", model], "expected 'tasks/0001-base.safetensors'"
+
+
+def malformed_stages(tmp, model):
+    edit_manifest(model, lambda m: m.update(stages=[{"after": 3}]))
+    return ["eval", "--model-dir", model], "delete the field 'stages' and run `pbgan eval`"
+
+
+def export_into_the_model(tmp, model):
+    return ["export", "--task", "base", "--model-dir", model, model / "bank" / "0001-base"], \
+        "inside the model directory"
+
+
+def export_over_a_file(tmp, model):
+    (tmp / "G.pt").write_text("mine")
+    return ["export", "--task", "base", "--format", "torchscript", "--model-dir", model, tmp / "G.pt"], \
+        "G.pt exists already; add --force"
+
+
+def generate_over_an_output(tmp, model):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "1.png").write_text("mine")
+    return ["generate", "--task", "base", "--aligned", FACADES / "test" / "1.jpg", tmp / "out", "--model-dir", model], \
+        "1.png exists already; add --force"
+
+
+def generate_into_the_model(tmp, model):
+    return ["generate", "--task", "base", "--aligned", FACADES / "test" / "1.jpg", model / "tasks",
+            "--model-dir", model], "inside the model directory"
+
+
+def generate_inputs_sharing_an_output(tmp, model):
+    Image.new("RGB", (64, 32)).save(tmp / "x.jpg")
+    Image.new("RGB", (64, 32)).save(tmp / "x.png")
+    Image.new("RGB", (64, 32)).save(tmp / "x.jpg.png")  # x.jpg's own output name when kept apart from x.png
+    return ["generate", "--task", "base", "--aligned", tmp, tmp / "out", "--model-dir", model], \
+        "would all be written to"
 
 
 def generate_non_image(tmp, model):
@@ -215,7 +305,17 @@ CASES = [read_only_output, corrupt_image, truncated_image, grayscale_images, rgb
          non_image_files, wrong_layout, empty_folder, missing_folder, no_train_split, unknown_arch, unknown_option,
          bad_direction, taken_task_name, bad_task_name, unknown_task, tampered_header, tampered_header_and_hash,
          task_from_other_model, future_manifest, broken_manifest, missing_task_file, output_below_a_file,
-         model_in_use, generate_non_image, generate_wrong_layout]
+         model_in_use, generate_non_image, generate_wrong_layout, gc_in_use, model_dir_is_a_file,
+         model_dir_below_a_file, manifest_without_sha256, manifest_without_index, task_name_a_number, format_as_text,
+         task_file_outside_the_model, malformed_stages, export_into_the_model, export_over_a_file,
+         generate_over_an_output, generate_into_the_model, generate_inputs_sharing_an_output]
+
+
+@pytest.fixture(autouse=True)
+def release_held_locks():
+    yield
+    while HELD:
+        os.close(HELD.pop())
 
 
 @pytest.fixture(scope="module")
