@@ -276,7 +276,7 @@ def _not_stored(store: ModelStore, task: str, why: str) -> str:
     if where.exists():
         return (f"{why}: task {task!r} is not stored; its training state is kept in {where}: run the same "
                 "command with --resume to continue")
-    return f"{why}: task {task!r} is not stored and {store.root} is as before; run the same command to train it"
+    return f"{why}: task {task!r} is not stored and {store.root} is as before; run the same command again"
 
 
 def _taken(store: ModelStore, task: str) -> PbganError:
