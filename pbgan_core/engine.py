@@ -284,6 +284,20 @@ def _taken(store: ModelStore, task: str) -> PbganError:
                       "or another --model-dir")
 
 
+class _Stage:
+    """Turns a Ctrl-C into a message saying what the training had done and what it keeps."""
+
+    def __init__(self, store: ModelStore, task: str):
+        self.store, self.task, self.doing = store, task, "interrupted while starting"
+
+    def __enter__(self) -> "_Stage":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            raise Interrupted(_not_stored(self.store, self.task, self.doing)) from None
+
+
 def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None = None) -> dict[str, Any]:
     check_task_name(req.task)
     store = ModelStore(req.model_dir)
@@ -297,53 +311,51 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
     amp = distributed.autocast(device, req.precision)
     ranks, device = distributed.start(device)
 
-    with store.transaction() if ranks.main else contextlib.nullcontext():  # only rank 0 writes
-        try:
-            if store.has_task(req.task):
-                raise _taken(store, req.task)
-            ckpt = _find_checkpoint(store, req)
-            torch.manual_seed(req.seed)
-            train_data = dataset_plugin.build(Path(req.data), "train", opts, train=True)
-            if len(train_data) < ranks.world:
-                raise PbganError(f"no training images in {req.data}" if not len(train_data) else
-                                 f"{len(train_data)} training image(s) in {req.data} for {ranks.world} processes; "
-                                 "use fewer processes or more images")
-            total, opts["decay_start"] = schedule(req, len(train_data) // ranks.world)
-            generators = arch.build_generators(opts)
-            signature = generator_signature(generators)
-            standalone = count_parameters(generators)
-            if store.tasks:
-                check_same_generator(store, req.task, signature)
-                if opts["init"] == "warm" or (opts["init"] == "auto" and factorizer.warm_start):
-                    _, previous = load_generators(store, plugins, store.tasks[-1]["name"])
-                    for gname, gen in generators.items():
-                        gen.load_state_dict(previous[gname].state_dict())
-            bank = store.load_bank()
-            for gname, gen in generators.items():
-                factorizer.wrap(gen, bank.prefix(len(bank), gname), opts)
-                gen.to(device).train()
-            trainer = arch.build_trainer(generators, opts, device, total)
-            if req.precision == "fp16":
-                distributed.enable_loss_scaling(trainer, req.arch, device)
-
-            start, earlier_seconds, losses = 0, 0.0, {}
-            if ckpt is not None:
-                _check_resumable(ckpt, req, opts, total, bank.fingerprint(), checkpoint_path(store.root, req.task))
+    writing = store.transaction() if ranks.main else contextlib.nullcontext()  # only rank 0 writes
+    with writing, _Stage(store, req.task) as stage:
+        if store.has_task(req.task):  # asked again: the manifest was read again under the lock
+            raise _taken(store, req.task)
+        ckpt = _find_checkpoint(store, req)
+        torch.manual_seed(req.seed)
+        train_data = dataset_plugin.build(Path(req.data), "train", opts, train=True)
+        if len(train_data) < ranks.world:
+            raise PbganError(f"no training images in {req.data}" if not len(train_data) else
+                             f"{len(train_data)} training image(s) in {req.data} for {ranks.world} processes; "
+                             "use fewer processes or more images")
+        total, opts["decay_start"] = schedule(req, len(train_data) // ranks.world)
+        generators = arch.build_generators(opts)
+        signature = generator_signature(generators)
+        standalone = count_parameters(generators)
+        if store.tasks:
+            check_same_generator(store, req.task, signature)
+            if opts["init"] == "warm" or (opts["init"] == "auto" and factorizer.warm_start):
+                _, previous = load_generators(store, plugins, store.tasks[-1]["name"])
                 for gname, gen in generators.items():
-                    gen.load_state_dict(ckpt["generators"][gname])
-                trainer.load_state_dict(ckpt["trainer"])
-                start, earlier_seconds, losses = ckpt["step"], ckpt["seconds"], ckpt["losses"]
-                set_rng_state(ckpt["rng"])
-            modules = distributed.trainer_modules(generators, trainer)
-            distributed.broadcast_weights(modules, ranks)
-            distributed.average_gradients(modules, ranks)
-            memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
-            for module in modules:
-                module.to(memory_format=memory_format)
-                if opts["compile"]:
-                    module.compile()  # in place: parameter names, and so stored files, stay the same
-        except KeyboardInterrupt:
-            raise Interrupted(_not_stored(store, req.task, "interrupted while starting")) from None
+                    gen.load_state_dict(previous[gname].state_dict())
+        bank = store.load_bank()
+        for gname, gen in generators.items():
+            factorizer.wrap(gen, bank.prefix(len(bank), gname), opts)
+            gen.to(device).train()
+        trainer = arch.build_trainer(generators, opts, device, total)
+        if req.precision == "fp16":
+            distributed.enable_loss_scaling(trainer, req.arch, device)
+
+        start, earlier_seconds, losses = 0, 0.0, {}
+        if ckpt is not None:
+            _check_resumable(ckpt, req, opts, total, bank.fingerprint(), checkpoint_path(store.root, req.task))
+            for gname, gen in generators.items():
+                gen.load_state_dict(ckpt["generators"][gname])
+            trainer.load_state_dict(ckpt["trainer"])
+            start, earlier_seconds, losses = ckpt["step"], ckpt["seconds"], ckpt["losses"]
+            set_rng_state(ckpt["rng"])
+        modules = distributed.trainer_modules(generators, trainer)
+        distributed.broadcast_weights(modules, ranks)
+        distributed.average_gradients(modules, ranks)
+        memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
+        for module in modules:
+            module.to(memory_format=memory_format)
+            if opts["compile"]:
+                module.compile()  # in place: parameter names, and so stored files, stay the same
 
         started = time.perf_counter()
 
@@ -359,25 +371,23 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
                 raise PbganError(_not_stored(store, req.task, f"saving a checkpoint failed ({exc})")) from None
 
         batches = _batches(train_data, req.batch_size, opts["num_workers"], req.seed, start, ranks)
+        stage.doing = "interrupted again"  # the first Ctrl-C is deferred to a step boundary
         with DeferredInterrupt() as interrupt:
-            try:
-                for step, batch in zip(range(start, total), batches):
-                    with amp:
-                        losses = trainer.step(to_device(batch, device, memory_format))
-                    if not all(math.isfinite(v) for v in losses.values()):
-                        raise PbganError(f"training diverged at step {step + 1} (losses {losses}); lower --lr")
-                    if progress and ranks.main:
-                        progress(step + 1, total, losses)
-                    if interrupt.requested and not ranks.main:
-                        raise Interrupted(f"interrupted at step {step + 1} of {total}")
-                    if interrupt.requested:
-                        checkpoint(step + 1)
-                        raise Interrupted(_not_stored(store, req.task, f"interrupted at step {step + 1} of {total}"))
-                    if (req.checkpoint_every > 0 and (step + 1) % req.checkpoint_every == 0 and step + 1 < total
-                            and ranks.main):
-                        checkpoint(step + 1)
-            except KeyboardInterrupt:  # a second Ctrl-C: no waiting for the checkpoint
-                raise Interrupted(_not_stored(store, req.task, "interrupted again")) from None
+            for step, batch in zip(range(start, total), batches):
+                with amp:
+                    losses = trainer.step(to_device(batch, device, memory_format))
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise PbganError(f"training diverged at step {step + 1} (losses {losses}); lower --lr")
+                if progress and ranks.main:
+                    progress(step + 1, total, losses)
+                if interrupt.requested and not ranks.main:
+                    raise Interrupted(f"interrupted at step {step + 1} of {total}")
+                if interrupt.requested:
+                    checkpoint(step + 1)
+                    raise Interrupted(_not_stored(store, req.task, f"interrupted at step {step + 1} of {total}"))
+                if (req.checkpoint_every > 0 and (step + 1) % req.checkpoint_every == 0 and step + 1 < total
+                        and ranks.main):
+                    checkpoint(step + 1)
         seconds = earlier_seconds + time.perf_counter() - started
         distributed.record_weights(modules, ranks)
         if not ranks.main:  # rank 0 stores the task; the others wait for it and leave
@@ -397,11 +407,9 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         }
         if start:
             entry["train"]["resumed_at_step"] = start
-        try:
-            if start < total:  # the trained weights stay on disk until the manifest names the task
-                checkpoint(total)
-        except KeyboardInterrupt:
-            raise Interrupted(_not_stored(store, req.task, "interrupted while saving the trained weights")) from None
+        stage.doing = "interrupted while saving the trained weights"
+        if start < total:  # the trained weights stay on disk until the manifest names the task
+            checkpoint(total)
         store_task(store, plugins, entry, task_tensors, new_filters, bank.fingerprint())
     distributed.finish(ranks)
     return store.task(req.task)

@@ -159,20 +159,20 @@ def import_reference(plugins, checkpoint: Path, arch_name: str, task: str, model
     opts = task_options(req, plugins)
     arch, factorizer = plugins.architectures.get(arch_name), plugins.factorizers.get(req.factorizer)
     plugins.datasets.get(opts["dataset"]).build(Path(data), "test", opts, train=False)  # fail before storing
-    generators = arch.build_generators(opts)
-    try:
-        generators["G"].load_state_dict(found["state"], strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise PbganError(f"{checkpoint} does not fit a {found['netG']} U-Net with ngf {found['ngf']} "
-                         f"({first[:200]})") from None
-    signature, standalone = generator_signature(generators), count_parameters(generators)
-    gen = factorizer.wrap(generators["G"], {}, opts)  # empty bank: every filter is free
-    gen.eval()
-    kept, added = factorizer.split(gen)
     with store.transaction():
         if store.tasks:
             raise _not_empty(store)
+        generators = arch.build_generators(opts)
+        try:
+            generators["G"].load_state_dict(found["state"], strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise PbganError(f"{checkpoint} does not fit a {found['netG']} U-Net with ngf {found['ngf']} "
+                             f"({first[:200]})") from None
+        signature, standalone = generator_signature(generators), count_parameters(generators)
+        gen = factorizer.wrap(generators["G"], {}, opts)  # empty bank: every filter is free
+        gen.eval()
+        kept, added = factorizer.split(gen)
         entry = {
             "name": task, "arch": arch_name, "factorizer": req.factorizer, "dataset": opts["dataset"],
             "data": str(data), "direction": direction, "options": {k: v for k, v in opts.items()
