@@ -90,7 +90,8 @@ def build_app() -> typer.Typer:
         resume: bool = typer.Option(False, "--resume", help="Continue the task's interrupted run from its "
                                     "checkpoint (give the same options)"),
         checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Save a checkpoint every N steps "
-                                             "(0: only when interrupted)"),
+                                             "(0: only when interrupted); the last one is kept until the task "
+                                             "is stored"),
         precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 (CPU or GPU) or fp16 (GPU, with "
                                       "loss scaling)"),
         nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this machine (one per GPU, "

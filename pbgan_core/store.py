@@ -46,11 +46,11 @@ def default_model_dir() -> Path:
 
 
 def model_dir_containing(path: Path, root: Path | None = None) -> Path | None:
-    """The pbgan model directory `path` is (or lies) in: `root`, or any folder with a manifest."""
+    """The pbgan model directory `path` is (or lies) in: `root`, or any folder laid out as one."""
     path = Path(path).resolve()
     root = Path(root).resolve() if root is not None else None
     for folder in (path, *path.parents):
-        if folder == root or (folder / "manifest.json").is_file():
+        if folder == root or all((folder / p).exists() for p in ("manifest.json", "tasks", "bank")):
             return folder
     return None
 
