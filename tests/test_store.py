@@ -123,6 +123,9 @@ def test_leftovers_never_block_a_name_and_gc_removes_only_them(cli, copy):
     _, out, _ = cli("verify", "--model-dir", copy)
     left = sorted(line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("LEFT"))
     assert left == ["bank/.0002-next.safetensors.abc123.tmp", "checkpoints/base", "tasks/0002-next.safetensors"]
+    with ModelStore(copy).transaction():  # while a command writes, its files in progress are not leftovers
+        _, out, _ = cli("verify", "--model-dir", copy)
+        assert f"being written by another pbgan process (pid {os.getpid()})" in out and "LEFT" not in out
     _, out, _ = cli("gc", "--model-dir", copy)
     assert "3 leftover(s) removed" in out
     assert (copy / "tasks" / "notes.txt").exists() and not (copy / "checkpoints" / "base").exists()
