@@ -91,25 +91,40 @@ def parameter_growth(size: int, ngf: int, lam: float, tasks: int) -> list[float]
     return ratios
 
 
+def store_tasks(root: Path, size: int, ngf: int, names=("t1", "t2"), lam: float = 0.25) -> ModelStore:
+    """A model directory of unet tasks with random weights, stored as training stores them."""
+    fac = PiggybackFactorizer()
+    opts = {"netG": "auto", "size": size, "ngf": ngf, "norm": "batch", "no_dropout": False, "init_type": "normal",
+            "lambda": lam}
+    store = ModelStore(root)
+    with store.transaction():
+        bank = store.load_bank()
+        for name in names:
+            gen = unet(size, ngf)
+            fac.wrap(gen, bank.prefix(len(bank), "G"), opts, initialize=False)
+            for m in gen.modules():
+                if isinstance(m, PiggybackConv) and m.coef is not None:
+                    torch.nn.init.normal_(m.coef, std=1 / math.sqrt(m.coef.shape[0]))
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.momentum = None  # running statistics: the average over the calibration batches
+            with torch.no_grad():  # calibrated statistics keep eval-mode outputs off tanh's saturation
+                for seed in range(2):
+                    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+                    gen.train()(x * 2 - 1)
+            kept, added = fac.split(gen.eval())
+            entry = {"name": name, "arch": "pix2pix", "factorizer": "piggyback", "dataset": "aligned", "data": "",
+                     "direction": "AtoB", "options": opts, "params": {}}
+            store.add_task(entry, {f"G/{k}": v for k, v in kept.items()}, {f"G/{k}": v for k, v in added.items()},
+                           bank.fingerprint())
+            bank = store.load_bank()
+    return store
+
+
 def task_switch_ms(size: int, ngf: int, repeat: int) -> float:
     """Load task 2 from a real model directory and materialize it (CPU)."""
-    fac, plugins = PiggybackFactorizer(), get_plugins()
-    opts = {"netG": "auto", "size": size, "ngf": ngf, "norm": "batch", "no_dropout": False, "init_type": "normal",
-            "lambda": 0.25}
     with tempfile.TemporaryDirectory() as tmp:
-        store = ModelStore(Path(tmp))
-        with store.transaction():
-            bank = store.load_bank()
-            for name in ("t1", "t2"):
-                gen = unet(size, ngf)
-                fac.wrap(gen, bank.prefix(len(bank), "G"), opts, initialize=False)
-                kept, added = fac.split(gen)
-                entry = {"name": name, "arch": "pix2pix", "factorizer": "piggyback", "dataset": "aligned",
-                         "data": "", "direction": "AtoB", "options": opts, "params": {}}
-                store.add_task(entry, {f"G/{k}": v for k, v in kept.items()},
-                               {f"G/{k}": v for k, v in added.items()}, bank.fingerprint())
-                bank = store.load_bank()
-        return 1000 * time_it(lambda: load_generators(store, plugins, "t2"), repeat, torch.device("cpu"))
+        store = store_tasks(Path(tmp), size, ngf)
+        return 1000 * time_it(lambda: load_generators(store, get_plugins(), "t2"), repeat, torch.device("cpu"))
 
 
 def main() -> None:

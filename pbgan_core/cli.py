@@ -11,12 +11,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from . import __version__, distributed
+from . import __version__, api, distributed
 from .console import console, errors, training_progress
-from .engine import DIRECTIONS, TrainRequest, option_table, train_task
-from .errors import PbganError, UsageError
+from .errors import PbganError
 from .options import parse_extra_args
-from .plugins import KINDS, get_plugins
+from .plugins import get_plugins
 from .store import ModelStore, default_model_dir
 
 ModelDir = typer.Option(None, "--model-dir", envvar="PBGAN_MODEL_DIR",
@@ -100,47 +99,22 @@ def build_app() -> typer.Typer:
     ) -> None:
         """Train a new task of the lifelong model: the first task seeds the filter bank, later
         tasks piggyback on it."""
-        plugins = get_plugins()
-        architecture = plugins.architectures.get(arch)
-        plugins.factorizers.get(factorizer)
-        if derive:
-            dataset = dataset or "derived"
-        dataset_name = dataset or architecture.default_dataset
-        plugins.datasets.get(dataset_name)
-        extra = parse_extra_args(ctx.args, option_table(plugins, architecture, factorizer, dataset_name),
-                                 f"--arch {arch} --factorizer {factorizer} --dataset {dataset_name}")
-        if derive:
-            extra["derive"] = derive
-        known = plugins.manager.hook.default_data(task=task)
-        if data is None:
-            if known is None:
-                raise UsageError(f"--data is required: {task!r} is not a known dataset name "
-                                 "(see `pbgan data list`)")
-            data = Path(known[0])
-            if not data.exists():
-                raise PbganError(f"no data for {task!r} in {data}; run `pbgan data download {task}` or pass --data")
-        if direction is None:
-            direction = known[1] if known else "AtoB"
-        request = TrainRequest(arch=arch, task=task, data=data, model_dir=model_dir or default_model_dir(),
-                               direction=direction, size=size, steps=steps, epochs=epochs,
-                               epochs_decay=epochs_decay, batch_size=batch_size, factorizer=factorizer,
-                               dataset=dataset, device=device, seed=seed, extra=extra,
-                               resume=resume, checkpoint_every=checkpoint_every, precision=precision)
-        if nproc != 1:
-            code = distributed.launch(nproc, distributed.train_arguments(request, ctx.args))
-            if code:
-                raise PbganError(f"training with {nproc} processes failed (exit {code}); see the messages above")
-            return
+        table, owner = api.train_options(arch, factorizer, dataset, derive)
+        extra = parse_extra_args(ctx.args, table, owner)
         progress, update = training_progress(f"{task}")
-        progress.disable = not distributed.is_main_process()
+        progress.disable = nproc != 1 or not distributed.is_main_process()
         with progress:
-            entry = train_task(request, plugins, update)
-        if not entry:  # not rank 0 of a distributed run: rank 0 reports
+            trained = api.train(arch, task, data, model_dir=model_dir, direction=direction, size=size, steps=steps,
+                                epochs=epochs, epochs_decay=epochs_decay, batch_size=batch_size,
+                                factorizer=factorizer, dataset=dataset, derive=derive, device=device, seed=seed,
+                                resume=resume, checkpoint_every=checkpoint_every, precision=precision, nproc=nproc,
+                                progress=update, **extra)
+        if trained is None:  # not rank 0 of a distributed run: rank 0 reports
             return
-        p = entry["params"]
-        console.print(f"[green]trained[/] task {entry['name']!r} (#{entry['index']}) in {request.model_dir}: "
-                      f"{p['stored']:,} stored parameters, {p['stored'] / p['standalone']:.3f} of a standalone "
-                      f"generator; metrics {entry.get('metrics', {})}")
+        p = trained.params
+        console.print(f"[green]trained[/] task {trained.name!r} (#{trained.index}) in "
+                      f"{model_dir or default_model_dir()}: {p['stored']:,} stored parameters, "
+                      f"{p['stored'] / p['standalone']:.3f} of a standalone generator; metrics {trained.metrics}")
 
     @app.command()
     def generate(
@@ -158,11 +132,7 @@ def build_app() -> typer.Typer:
 
         Example: pbgan generate --task facades --aligned ../shared/data/facades/test out/
         """
-        from .generate import generate as run
-
-        if direction is not None and direction not in DIRECTIONS:
-            raise UsageError(f"--direction must be AtoB or BtoA, got {direction!r}")
-        written = run(_store(model_dir), get_plugins(), task, input, output, direction, aligned, device, force)
+        written = api.Model.open(model_dir).generate(task, input, output, direction, aligned, device, force=force)
         console.print(f"wrote {len(written)} image(s) to {written[0].parent}")
 
     @app.command()

@@ -104,33 +104,53 @@ def _prefixed(tensors: Mapping[str, torch.Tensor], name: str) -> dict[str, torch
 
 
 def load_generators(store: ModelStore, plugins: Plugins, name: str, device: torch.device | str = "cpu",
-                    as_of: str | None = None) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+                    as_of: str | None = None, materialize: bool = True) -> tuple[dict[str, Any], dict[str, nn.Module]]:
     """Rebuild a stored task as dense, plain generators in eval mode, as they stood after training
-    task `as_of` (default: now; it matters only to factorizers that do not keep old tasks)."""
+    task `as_of` (default: now; it matters only to factorizers that do not keep old tasks).
+
+    With `materialize=False` the layers stay factorized and take the loaded tensors as they are
+    (nothing is copied, the bank is shared): each layer computes its filters, or convolves with the
+    bank, in every forward. Such a generator must not be changed in place; materializing it makes
+    new weights."""
     entry, tensors, new_filters, bank = store.load_task(name)
     if not plugins.factorizers.get(entry["factorizer"]).keeps_old_tasks:
         latest = as_of or store.tasks[-1]["name"]
         if latest != name:  # one shared model: every task uses the latest weights
-            entry_latest, gens = load_generators(store, plugins, latest, device)
+            entry_latest, gens = load_generators(store, plugins, latest, device, as_of=latest, materialize=materialize)
             return entry, gens
-    arch = plugins.architectures.get(entry["arch"])
     factorizer = plugins.factorizers.get(entry["factorizer"])
-    opts = entry["options"]
-    with torch.device("meta"):  # shapes only: every value comes from the task file
-        generators = arch.build_generators(opts)
-    for gname, gen in generators.items():
-        gen.to_empty(device="cpu")
-        factorizer.wrap(gen, bank.prefix(len(bank), gname), opts, initialize=False)
+    with torch.device("meta"):
+        names = list(plugins.architectures.get(entry["arch"]).build_generators(entry["options"]))
+    generators = {}
+    for gname in names:
         state = factorizer.join(_prefixed(tensors, gname), _prefixed(new_filters, gname))
-        try:
-            gen.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else "mismatch"
-            raise PbganError(f"{store.root / entry['file']} does not fit the {entry['arch']} generator "
-                             f"({first}); the file is damaged or from another model") from None
-        factorizer.materialize(gen)
-        gen.to(device).eval()
+        gen = _stored_generator(store, entry, gname, bank.prefix(len(bank), gname), state, plugins,
+                                assign=not materialize)
+        if any(t.is_meta for t in (*gen.parameters(), *gen.buffers())):  # a layer holds values no file has
+            gen = _stored_generator(store, entry, gname, bank.prefix(len(bank), gname), state, plugins, False)
+        if materialize:
+            factorizer.materialize(gen)
+        generators[gname] = gen.to(device).eval()
     return entry, generators
+
+
+def _stored_generator(store: ModelStore, entry: Mapping[str, Any], gname: str, bank: dict[str, torch.Tensor],
+                      state: dict[str, torch.Tensor], plugins: Plugins, assign: bool) -> nn.Module:
+    """One wrapped generator holding a task's stored values: copied into fresh memory, or (`assign`)
+    taking the loaded tensors themselves."""
+    factorizer = plugins.factorizers.get(entry["factorizer"])
+    with torch.device("meta"):  # shapes only: every value comes from the task file
+        gen = plugins.architectures.get(entry["arch"]).build_generators(entry["options"])[gname]
+    if not assign:
+        gen.to_empty(device="cpu")
+    factorizer.wrap(gen, bank, entry["options"], initialize=False)
+    try:
+        gen.load_state_dict(state, strict=True, assign=assign)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise PbganError(f"{store.root / entry['file']} does not fit the {entry['arch']} generator "
+                         f"({first}); the file is damaged or from another model") from None
+    return gen
 
 
 def _loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, workers: int, seed: int):

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import kornia
 import torch
+from torch import nn
 
-from .engine import load_generators
 from .errors import PbganError
 from .images import BadImage, list_images, read_image, warn_skipped, write_image
-from .plugins import Plugins
-from .store import ModelStore, refuse_inside_model
+from .store import refuse_inside_model
 
 
 def condition_half(image: torch.Tensor, direction: str, source: Path) -> torch.Tensor:
@@ -22,6 +21,12 @@ def condition_half(image: torch.Tensor, direction: str, source: Path) -> torch.T
                                f"{width}x{image.shape[-2]}")
     half = width // 2
     return image[..., :half] if direction == "AtoB" else image[..., half:]
+
+
+def to_task_size(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) or (N, 3, H, W) -> (N, 3, size, size), resized as every task input is."""
+    batch = image if image.dim() == 4 else image[None]
+    return kornia.geometry.transform.resize(batch, (size, size), antialias=True)
 
 
 def output_paths(inputs: list[Path], output: Path, single_file: bool) -> dict[Path, Path]:
@@ -38,32 +43,32 @@ def output_paths(inputs: list[Path], output: Path, single_file: bool) -> dict[Pa
     return targets
 
 
-@torch.no_grad()
-def generate(store: ModelStore, plugins: Plugins, task: str, source: Path, output: Path,
-             direction: str | None = None, aligned: bool = False, device: str = "cpu",
-             force: bool = False) -> list[Path]:
-    source = Path(source)
+def plan_outputs(source: Path, output: Path, model_root: Path, force: bool = False) -> dict[Path, Path]:
+    """Input image -> output PNG, checked before any model is read: the inputs exist, no output
+    lands inside the model directory, none exists already unless `force`."""
+    source, output = Path(source), Path(output)
     if not source.exists():
         raise PbganError(f"input {source} does not exist: give an image file or a folder of images")
     inputs = list_images(source) if source.is_dir() else [source]
     if not inputs:
         raise PbganError(f"no images in {source}: give an image file or a folder of images")
-    output = Path(output)
     single_file = output.suffix.lower() == ".png" and not source.is_dir()
     if not single_file and output.exists() and not output.is_dir():
         raise PbganError(f"output {output} is a file; give a folder (or a .png path for one input image)")
-    refuse_inside_model(output, store.root)
+    refuse_inside_model(output, model_root)
     targets = output_paths(inputs, output, single_file)
     existing = [t for t in targets.values() if t.exists()]
     if existing and not force:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise PbganError(f"output {existing[0]} exists already{more}; add --force to replace, or choose another "
                          "output")
-    entry, generators = load_generators(store, plugins, task, device)
-    direction = direction or entry["direction"]
-    arch = plugins.architectures.get(entry["arch"])
-    gen = generators[arch.generator_for(direction)]
-    size = int(entry["options"]["size"])
+    return targets
+
+
+@torch.no_grad()
+def generate(gen: nn.Module, size: int, direction: str, targets: dict[Path, Path], aligned: bool = False,
+             device: str | torch.device = "cpu", force: bool = False) -> list[Path]:
+    """Run `gen` on each input of `plan_outputs` and write its PNG."""
     written, skipped = [], []
     for path, target in targets.items():
         try:
@@ -71,14 +76,13 @@ def generate(store: ModelStore, plugins: Plugins, task: str, source: Path, outpu
             if aligned:
                 image = condition_half(image, direction, path)
         except BadImage as exc:
-            if len(inputs) == 1:
+            if len(targets) == 1:
                 raise
             skipped.append((path, exc.reason))
             continue
-        x = kornia.geometry.transform.resize(image[None], (size, size), antialias=True).to(device)
-        written.append(write_image(gen(x)[0].cpu(), target, overwrite=force))
+        written.append(write_image(gen(to_task_size(image, size).to(device))[0].cpu(), target, overwrite=force))
     if skipped:
         warn_skipped(skipped)
     if not written:
-        raise PbganError(f"no usable image in {source}")
+        raise PbganError(f"no usable image in {next(iter(targets)).parent}")
     return written

@@ -90,6 +90,15 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise BadImage(path, "truncated" if "truncated" in msg.lower() else msg) from None
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise BadImage(path, "empty image")
+    return _array_to_tensor(array)
+
+
+def from_pil(img: Image.Image) -> torch.Tensor:
+    """A PIL image of any mode -> float tensor (3, H, W) in [-1, 1], as `read_image` decodes files."""
+    return _array_to_tensor(_to_array(ImageOps.exif_transpose(img)))
+
+
+def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
     x = kornia.image.image_to_tensor(np.ascontiguousarray(array), keepdim=True)  # (3, H, W)
     return x * 2.0 - 1.0
 
@@ -134,11 +143,12 @@ def to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(kornia.image.tensor_to_image(x)))
 
 
-def write_image(x: torch.Tensor, path: str | Path, overwrite: bool = True) -> Path:
+def write_image(x: torch.Tensor | Image.Image, path: str | Path, overwrite: bool = True) -> Path:
     """Save as PNG: same tensor -> same bytes; written to a temp file then renamed into place
     (with overwrite=False an existing file is never replaced)."""
     path = Path(path)
     buf = io.BytesIO()
-    to_pil(x).save(buf, format="PNG", optimize=False, compress_level=6)  # no metadata: deterministic
+    image = x if isinstance(x, Image.Image) else to_pil(x)
+    image.save(buf, format="PNG", optimize=False, compress_level=6)  # no metadata: deterministic
     atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
     return path

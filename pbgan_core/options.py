@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import UsageError
 
@@ -42,12 +42,39 @@ def defaults(options: Iterable[Option]) -> dict[str, Any]:
     return {o.key: o.default for o in options}
 
 
-def parse_extra_args(args: Sequence[str], options: Iterable[Option], owner: str) -> dict[str, Any]:
-    """Parse `--flag value`, `--flag=value` and bare boolean `--flag` / `--no-flag`."""
+def _by_name(options: Iterable[Option]) -> dict[str, Option]:
     by_flag = {}
     for o in options:
         by_flag[o.flag.lower()] = o
         by_flag[o.key.lower()] = o
+    return by_flag
+
+
+def _unknown(name: str, by_flag: dict[str, Option], owner: str) -> UsageError:
+    known = ", ".join(sorted("--" + o.flag for o in set(by_flag.values())))
+    return UsageError(f"unknown option --{name} for {owner}; known options: {known or 'none'}")
+
+
+def check_options(values: Mapping[str, Any], options: Iterable[Option], owner: str) -> dict[str, Any]:
+    """Options given as Python keywords (`ngf=8`, `max_images=24`, `lambda_=0.5`): known names and
+    choices are checked, strings are converted as on the command line."""
+    by_flag = _by_name(options)
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        option = by_flag.get(name.lower().rstrip("_"))
+        if option is None:
+            raise _unknown(name, by_flag, owner)
+        if isinstance(value, str) and (option.type or type(option.default)) is not str:
+            value = option.convert(value)
+        elif option.choices and value not in option.choices:
+            raise UsageError(f"{option.key} must be one of {', '.join(option.choices)}, got {value!r}")
+        checked[option.key] = value
+    return checked
+
+
+def parse_extra_args(args: Sequence[str], options: Iterable[Option], owner: str) -> dict[str, Any]:
+    """Parse `--flag value`, `--flag=value` and bare boolean `--flag` / `--no-flag`."""
+    by_flag = _by_name(options)
     values: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -58,8 +85,7 @@ def parse_extra_args(args: Sequence[str], options: Iterable[Option], owner: str)
         negated = name.lower().startswith("no-") and name.lower()[3:] in by_flag
         option = by_flag.get(name.lower()[3:] if negated else name.lower())
         if option is None:
-            known = ", ".join(sorted("--" + o.flag for o in set(by_flag.values())))
-            raise UsageError(f"unknown option --{name} for {owner}; known options: {known or 'none'}")
+            raise _unknown(name, by_flag, owner)
         is_bool = (option.type or type(option.default)) is bool
         if negated:
             values[option.key] = False

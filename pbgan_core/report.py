@@ -201,13 +201,18 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int = 4) -> Path:
+PROTOCOL_TEXT = {"eval": "eval mode: BatchNorm uses its running statistics, dropout is off"}
+
+
+def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int = 4, protocol: str = "eval") -> Path:
     """Write out/index.html and its PNGs; every image is referenced relative to the page."""
     if not store.tasks:
         raise PbganError(f"{store.root} has no tasks yet; train one before making a report")
     out = Path(out)
     higher = plugins.metrics.get(metric).higher_is_better
-    parts = [f"<h1>pbgan model {html.escape(str(store.root))}</h1>"]
+    parts = [f"<h1>pbgan model {html.escape(str(store.root))}</h1>",
+             f"<p id=\"protocol\">Test-time protocol: <b>{html.escape(protocol)}</b> "
+             f"({html.escape(PROTOCOL_TEXT[protocol])}); samples and metrics below use it.</p>"]
 
     rows, totals = task_rows(store)
     metric_names = sorted({k for r in rows for k in (r["metrics"] or {})})
@@ -238,7 +243,8 @@ def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int =
     for r in rows:
         file = f"samples-{r['index']:04d}-{r['name']}.png"
         _png(sample_grid(store, plugins, r["name"], samples), out / file)
-        parts.append(f"<h3>{html.escape(r['name'])}</h3><img src=\"{html.escape(file)}\" alt=\"samples\">")
+        parts.append(f"<h3>{html.escape(r['name'])}</h3><p>condition | output | target, first {samples} test "
+                     f"images</p><img src=\"{html.escape(file)}\" alt=\"samples of {html.escape(r['name'])}\">")
 
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{image-rendering:pixelated}")

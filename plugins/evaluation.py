@@ -19,29 +19,26 @@ def register_commands(cli):
     import typer
     from rich.table import Table
 
-    from pbgan_core.cli import ModelDir, _store
+    from pbgan_core.api import Model
+    from pbgan_core.cli import ModelDir
     from pbgan_core.console import console
-    from pbgan_core.engine import evaluate_task, record_missing_stages
     from pbgan_core.lock import ModelInUse
-    from pbgan_core.errors import UsageError
-    from pbgan_core.plugins import get_plugins
-    from pbgan_core.report import build_report, forgetting, stage_matrix
-
-    from . import metrics as metric_plugin
 
     @cli.command("eval")
     def eval_cmd(
         task: Optional[str] = typer.Option(None, "--task", help="Only this task [default: every task]"),
         metrics: str = typer.Option("l1,psnr,ssim", "--metrics", help="Comma-separated metric names "
-                                    "(see list-plugins); lpips and fid need their weights"),
+                                    "(see list-plugins); fid, kid and lpips need pbgan[metrics] and their weights"),
         matrix_metric: str = typer.Option("ssim", "--matrix-metric", help="Metric of the task-by-stage "
                                           "matrix and forgetting (one recorded during training)"),
         images: Optional[int] = typer.Option(None, "--images", help="Test images per task (0: all) "
                                              "[default: the task's --eval-images]"),
-        fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="Inception weights for fid "
-                                                   "[default: $PBGAN_FID_WEIGHTS]"),
-        lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="LPIPS weights "
-                                                     "[default: $PBGAN_LPIPS_WEIGHTS]"),
+        fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="torch-fidelity Inception weights "
+                                                   "for fid and kid [default: $PBGAN_FID_WEIGHTS, then the torch hub "
+                                                   "cache]"),
+        lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="torchvision AlexNet "
+                                                     "weights for lpips [default: $PBGAN_LPIPS_WEIGHTS, then the torch "
+                                                     "hub cache]"),
         json_out: bool = typer.Option(False, "--json", help="Print JSON"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
@@ -52,35 +49,29 @@ def register_commands(cli):
 
         Example: pbgan eval --metrics l1,psnr,ssim --model-dir pbgan-model
         """
-        plugins = get_plugins()
-        store = _store(model_dir)
+        model = Model.open(model_dir)
         names = [m.strip() for m in metrics.split(",") if m.strip()]
-        if not names:
-            raise UsageError("--metrics is empty; give names such as l1,psnr,ssim")
-        for name in names:
-            plugins.metrics.get(name)
-        higher = plugins.metrics.get(matrix_metric).higher_is_better
-        metric_plugin.configure(fid_weights=fid_weights, lpips_weights=lpips_weights)
-        chosen = [store.task(task)["name"]] if task else [t["name"] for t in store.tasks]
+        model.check_metrics(names)
+        model.plugins.metrics.get(matrix_metric)
         recorded = []
         try:
-            recorded = record_missing_stages(store, plugins)
+            recorded = model.record_missing_stages()
         except ModelInUse as exc:
             warnings.warn(f"the missing metrics rows were not recorded ({exc})", stacklevel=1)
         if recorded and not json_out:
             console.print(f"recorded the missing metrics row after: {', '.join(recorded)}", markup=False)
-        now = {name: evaluate_task(store, plugins, name, names, images) for name in chosen}
-
-        stages = store.manifest.get("stages", [])
-        tasks, matrix = stage_matrix(stages, matrix_metric) if stages else ([], [])
-        drops = dict(zip(tasks, forgetting(matrix, higher)))
+        now = model.evaluate(task, names, images, fid_weights=fid_weights, lpips_weights=lpips_weights)
+        history = model.history(matrix_metric)
+        stages, tasks, matrix, drops = (model.store.manifest.get("stages", []), history["tasks"], history["values"],
+                                        history["forgetting"])
+        higher = history["higher_is_better"]
         if json_out:
-            print(json.dumps({"model_dir": str(store.root), "recorded_rows_after": recorded, "metrics": now,
-                              "matrix": {"metric": matrix_metric, "higher_is_better": higher, "tasks": tasks,
-                                         "after": [s["after"] for s in stages], "values": matrix},
+            print(json.dumps({"model_dir": str(model.root), "recorded_rows_after": recorded, "metrics": now,
+                              "matrix": {k: history[k] for k in ("metric", "higher_is_better", "tasks", "after",
+                                                                 "values")},
                               "forgetting": drops}, indent=2))
             return
-        table = Table(title=f"metrics now ({store.root})")
+        table = Table(title=f"metrics now ({model.root})")
         table.add_column("task")
         for name in names:
             table.add_column(name, justify="right")
@@ -112,6 +103,5 @@ def register_commands(cli):
 
         Example: pbgan report --model-dir pbgan-model
         """
-        store = _store(model_dir)
-        index = build_report(store, get_plugins(), out or store.root / "report", metric, samples)
+        index = Model.open(model_dir).report(out, metric, samples)
         console.print(f"wrote {index}")

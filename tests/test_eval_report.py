@@ -1,6 +1,8 @@
 """`pbgan eval` and `pbgan report`: the task-by-stage matrix, forgetting, and an HTML page whose
 images exist."""
+import importlib.util
 import json
+import math
 from html.parser import HTMLParser
 
 import pytest
@@ -79,8 +81,10 @@ def test_eval_one_task_prints_the_matrix(cli, two_tasks):
 
 
 @needs_data(FACADES)
-@pytest.mark.parametrize("metric, flag", [("lpips", "--lpips-weights"), ("fid", "--fid-weights")])
-def test_metrics_without_weights_give_one_line(cli, two_tasks, monkeypatch, metric, flag):
+@pytest.mark.parametrize("metric, flag", [("lpips", "--lpips-weights"), ("fid", "--fid-weights"),
+                                          ("kid", "--fid-weights")])
+def test_metrics_without_weights_give_one_line(cli, two_tasks, monkeypatch, tmp_path, metric, flag):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
     monkeypatch.delenv("PBGAN_FID_WEIGHTS", raising=False)
     monkeypatch.delenv("PBGAN_LPIPS_WEIGHTS", raising=False)
     _, _, err = cli("eval", "--metrics", f"l1,{metric}", "--model-dir", two_tasks, expect=1)
@@ -119,3 +123,21 @@ def test_report_references_images_that_exist(cli, two_tasks, tmp_path):
             img.verify()
     with Image.open(out / "samples-0001-facades.png") as grid:  # 2 rows of condition | output | target
         assert grid.size == (3 * 32, 2 * 32)
+
+
+@needs_data(FACADES)
+@pytest.mark.skipif(importlib.util.find_spec("torchmetrics") is None, reason="torchmetrics is not installed")
+def test_eval_reports_kid_beside_fid_with_a_stand_in_inception(cli, two_tasks, tmp_path, monkeypatch):
+    from pbgan_plugins import metrics as M
+
+    from .test_metrics import StandIn
+
+    weights = tmp_path / M.INCEPTION_FILE
+    weights.write_bytes(b"stand-in")
+    monkeypatch.setitem(M._cache, ("inception", str(weights)), StandIn())  # in place of torch-fidelity's network
+    _, out, _ = cli("eval", "--json", "--metrics", "l1,fid,kid", "--images", "4", "--fid-weights", weights,
+                    "--model-dir", two_tasks)
+    now = json.loads(out)["metrics"]
+    assert set(now) == {"facades", "shoes"}
+    for values in now.values():
+        assert set(values) == {"l1", "fid", "kid"} and values["fid"] > 0 and math.isfinite(values["kid"])

@@ -254,3 +254,22 @@ def test_bad_factorizer_options_are_one_line_errors(args, message, tmp_path, cli
                     *TINY, *args, expect=1)
     assert message in one_line_error(err)
     assert not (model / "manifest.json").exists()
+
+
+@needs_data(FACADES)
+@needs_data(EDGES2SHOES)
+def test_three_tasks_run_unmaterialized_as_materialized(three_tasks):
+    from pbgan_core.engine import load_generators
+    from pbgan_core.layers import FilterConv
+    from pbgan_core.plugins import get_plugins
+    from pbgan_core.store import ModelStore
+
+    store, x = ModelStore(three_tasks["model"]), torch.rand(2, 3, 32, 32) * 2 - 1
+    for task in ("facades", "gray"):
+        _, lazy = load_generators(store, get_plugins(), task, materialize=False)
+        _, dense = load_generators(store, get_plugins(), task)
+        assert not any(t.is_meta for t in (*lazy["G"].parameters(), *lazy["G"].buffers()))
+        if three_tasks["method"] in ("lowrank", "mask") and task == "gray":
+            assert any(isinstance(m, FilterConv) for m in lazy["G"].modules())
+        with torch.no_grad():
+            assert torch.allclose(lazy["G"](x), dense["G"](x), rtol=1e-5, atol=1e-5)

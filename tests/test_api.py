@@ -1,0 +1,137 @@
+"""The Python API: a script using only it trains two tasks, switches between them and writes
+exactly the bytes `pbgan generate` writes."""
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import pbgan
+from pbgan_core.errors import PbganError
+from pbgan_core.layers import FilterConv
+from pbgan_core.taskcache import TaskCache, module_bytes
+
+from .conftest import EDGES2SHOES, FACADES, needs_data, one_line_error
+
+TINY = dict(size=32, ngf=8, ndf=8, max_images=24, eval_images=4, device="cpu", steps=3)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    if not (FACADES.exists() and EDGES2SHOES.exists()):
+        pytest.skip("shared data not available")
+    root = tmp_path_factory.mktemp("api") / "m"
+    calls = []
+    first = pbgan.train("pix2pix", "facades", FACADES, model_dir=root, direction="BtoA",
+                        progress=lambda step, total, losses: calls.append((step, total, dict(losses))), **TINY)
+    assert [c[0] for c in calls] == [1, 2, 3] and all(c[1] == 3 for c in calls)
+    assert calls[-1][2] and all(torch.isfinite(torch.tensor(v)) for v in calls[-1][2].values())
+    assert first.name == "facades" and first.index == 1 and first.ratio_to_standalone == 1.0
+    second = pbgan.train("pix2pix", "shoes", EDGES2SHOES, model_dir=root, direction="BtoA", lambda_=0.5, **TINY)
+    assert second.options["lambda"] == 0.5 and second.ratio_to_standalone < 1.0
+    return root
+
+
+@needs_data(FACADES)
+def test_script_switches_tasks_and_reproduces_generate_bytes(model_dir, tmp_path, cli):
+    image = sorted((FACADES / "test").glob("*.jpg"))[0]
+    model = pbgan.Model.open(model_dir)
+    assert [t.name for t in model.tasks] == ["facades", "shoes"]
+    assert set(model.tasks[0].metrics) == {"l1", "psnr", "ssim"}
+    for task in ("facades", "shoes", "facades", "shoes"):  # switch back and forth: cold, cold, then cached
+        pbgan.save_image(model.translate(task, image, aligned=True), tmp_path / "api" / f"{task}.png")
+    for task in ("facades", "shoes"):
+        cli("generate", "--task", task, "--aligned", image, tmp_path / "cli" / f"{task}.png", "--model-dir", model_dir)
+        assert (tmp_path / "api" / f"{task}.png").read_bytes() == (tmp_path / "cli" / f"{task}.png").read_bytes()
+    assert len(model.cache) == 2
+
+
+@needs_data(FACADES)
+def test_first_use_is_unmaterialized_and_equal_to_the_dense_generator(model_dir):
+    model = pbgan.Model.open(model_dir)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    lazy = model.translate("shoes", x)
+    gen = next(iter(model.cache._items.values()))[0]
+    assert any(isinstance(m, FilterConv) for m in gen.modules())  # the first use did not materialize
+    dense = model.generator("shoes")
+    assert dense is gen and not any(isinstance(m, FilterConv) for m in dense.modules())
+    with torch.no_grad():
+        expected = dense(x)
+    assert torch.allclose(lazy, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(model.translate("shoes", x), expected)
+    assert model.translate("shoes", x[0]).shape == (3, 32, 32)
+
+
+@needs_data(FACADES)
+def test_translate_takes_pil_images_and_generate_writes_a_folder(model_dir, tmp_path):
+    model = pbgan.Model.open(model_dir)
+    out = model.translate("facades", Image.new("RGB", (50, 40), (200, 10, 10)))
+    assert isinstance(out, Image.Image) and out.size == (32, 32)
+    written = model.generate("facades", FACADES / "test", tmp_path / "out", aligned=True)
+    assert len(written) == len(list((FACADES / "test").glob("*.jpg")))
+
+
+@needs_data(FACADES)
+def test_evaluate_and_history(model_dir):
+    model = pbgan.Model.open(model_dir)
+    now = model.evaluate(metrics=["l1", "psnr"], images=2)
+    assert set(now) == {"facades", "shoes"} and set(now["shoes"]) == {"l1", "psnr"}
+    history = model.history("ssim")
+    assert history["tasks"] == ["facades", "shoes"] and history["after"] == ["facades", "shoes"]
+    assert history["forgetting"]["facades"] == 0.0  # piggyback: earlier tasks do not change
+
+
+def test_cache_drops_least_recently_used_over_budget():
+    a, b, c = (torch.nn.Linear(16, 16) for _ in range(3))
+    size = module_bytes(a)
+    assert size == (16 * 16 + 16) * 4
+    cache = TaskCache(budget_bytes=2 * size)
+    cache.put("a", a)
+    cache.put("b", b)
+    assert cache.get("a") is a  # a is now the most recently used
+    cache.put("c", c)
+    assert cache.keys() == ["a", "c"] and cache.total_bytes == 2 * size
+    tiny = TaskCache(budget_bytes=1)
+    tiny.put("a", a)
+    assert tiny.keys() == ["a"]  # the newest is kept even over budget
+
+
+@needs_data(FACADES)
+def test_api_errors_are_one_line_pbgan_errors(model_dir, tmp_path):
+    model = pbgan.Model.open(model_dir)
+    cases = [
+        (lambda: model.translate("facades", torch.zeros(3, 32, 32), protocol="bogus"), "unknown test-time protocol"),
+        (lambda: model.translate("nope", torch.zeros(3, 32, 32)), "no task 'nope'"),
+        (lambda: model.translate("facades", torch.zeros(32, 32)), "translate expects a (3, H, W)"),
+        (lambda: pbgan.Model.open(tmp_path / "none"), "no pbgan model in"),
+        (lambda: pbgan.train("pix2pix", "x", FACADES, model_dir=tmp_path / "n", bogus=1), "unknown option --bogus"),
+        (lambda: pbgan.train("pix2pix", "x", FACADES, model_dir=tmp_path / "n", norm="bogus"), "norm must be one of"),
+    ]
+    for call, message in cases:
+        with pytest.raises(PbganError, match=re.escape(message)) as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+@needs_data(FACADES)
+def test_cli_generate_checks_the_input_before_reading_the_model(cli, model_dir, tmp_path):
+    _, _, err = cli("generate", "--task", "facades", tmp_path / "missing.png", tmp_path / "o", "--model-dir",
+                    model_dir, expect=1)
+    assert "does not exist" in one_line_error(err)
+
+
+@needs_data(FACADES)
+@needs_data(EDGES2SHOES)
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed")
+def test_the_python_example_trains_two_tasks_and_plots_them(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "examples" / "python_api.py"
+    done = subprocess.run([sys.executable, str(script), "--data", str(FACADES.parent), "--out", str(tmp_path),
+                           "--steps", "2"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "facades:" in done.stdout and "shoes:" in done.stdout
+    with Image.open(tmp_path / "tasks.png") as figure:
+        assert figure.size[0] > figure.size[1]  # the two outputs side by side
