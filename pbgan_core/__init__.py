@@ -6,7 +6,13 @@ The Python API (see `pbgan_core.api`): `train(...)`, `Model.open(dir)`, `model.t
 
 __version__ = "0.1.0"
 
-from .api import PROTOCOLS, Model, Task, save_image, train  # noqa: E402
-from .errors import PbganError  # noqa: E402
-
 __all__ = ["Model", "Task", "train", "save_image", "PROTOCOLS", "PbganError", "__version__"]
+
+
+def __getattr__(name: str):
+    """The API loads on first use, so that `pbgan` starts (and takes a Ctrl-C) before torch loads."""
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pbgan_core' has no attribute {name!r}")
