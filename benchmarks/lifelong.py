@@ -6,7 +6,8 @@
 Each method trains the whole sequence in its own model directory through the same engine
 (`--factorizer NAME`). One table: final PSNR/SSIM/L1 per task, forgetting, total stored
 parameters and their ratio to one standalone generator, and training time relative to the
-standalone method (or to piggyback when standalone is not installed).
+standalone method (or to piggyback when standalone is not installed). A second table scores
+every final task on its held-out split under each test-time protocol (`--protocols`).
 
     python benchmarks/lifelong.py --size 64 --steps 300 --ngf 32 --eval-images 32
 """
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from pbgan_core.engine import TrainRequest, train_task
+from pbgan_core.engine import TrainRequest, evaluate_task, train_task
 from pbgan_core.plugins import get_plugins
+from pbgan_core.protocol import PROTOCOLS, check_protocol
 from pbgan_core.report import forgetting, stage_matrix
 from pbgan_core.store import ModelStore
 
@@ -61,8 +63,11 @@ def run_method(method: str, args, root: Path) -> dict:
     for metric in ("psnr", "ssim", "l1"):
         tasks, matrix = stage_matrix(stages, metric)
         drops[metric] = dict(zip(tasks, forgetting(matrix, plugins.metrics.get(metric).higher_is_better)))
+    by_protocol = {p: {t["name"]: evaluate_task(store, plugins, t["name"], ("psnr", "ssim", "l1"),
+                                                  args.eval_images, p) for t in store.tasks}
+                   for p in args.protocols}
     return {
-        "method": method, "final": final, "forgetting": drops,
+        "method": method, "final": final, "forgetting": drops, "protocols": by_protocol,
         "stored": sum(t["params"]["stored"] for t in store.tasks),
         "standalone": store.tasks[0]["params"]["standalone"],
         "train_seconds": sum(t["train"]["seconds"] for t in store.tasks), "wall_seconds": wall,
@@ -86,6 +91,24 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def protocol_table(results: list[dict]) -> str:
+    """Final metrics on the held-out splits under each test-time protocol, side by side."""
+    protocols = list(results[0]["protocols"])
+    head = " | ".join(f"{m} {p}" for p in protocols for m in ("PSNR", "SSIM", "L1"))
+    lines = [f"| method | task | {head} |", "|---|---|" + "---|" * (3 * len(protocols))]
+    for r in results:
+        for task in r["final"]:
+            cells = " | ".join(f"{r['protocols'][p][task]['psnr']:.3f} | {r['protocols'][p][task]['ssim']:.4f} | "
+                               f"{r['protocols'][p][task]['l1']:.4f}" for p in protocols)
+            lines.append(f"| {r['method']} | {task} | {cells} |")
+    for p in protocols:
+        values = [r["protocols"][p][t] for r in results for t in r["final"]]
+        means = {m: sum(v[m] for v in values) / len(values) for m in ("psnr", "ssim", "l1")}
+        lines.append(f"mean over all rows, {p}: PSNR {means['psnr']:.3f}, SSIM {means['ssim']:.4f}, "
+                     f"L1 {means['l1']:.4f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=64)
@@ -99,7 +122,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="test-time protocols of the final scores")
     args = parser.parse_args()
+    args.protocols = [check_protocol(p.strip()) for p in args.protocols.split(",") if p.strip()]
 
     registered = get_plugins().factorizers
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -116,6 +141,8 @@ def main() -> None:
         if args.json:  # after every method, so a long run keeps what it finished
             args.json.write_text(json.dumps(results, indent=2))
     print(table(results))
+    print()
+    print(protocol_table(results))
 
 
 if __name__ == "__main__":

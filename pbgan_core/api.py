@@ -29,16 +29,14 @@ from . import distributed
 from .engine import (DIRECTIONS, TrainRequest, evaluate_task, load_generators, option_table, pick_device,
                      record_missing_stages, train_task)
 from .errors import PbganError, UsageError
-from .generate import condition_half, generate, plan_outputs, to_task_size
-from .images import from_pil, read_image, to_pil, write_image
+from .generate import generate, load_condition, pil_condition, plan_outputs, to_task_size
+from .images import to_pil, to_rgb8, write_image
 from .options import Option, check_options
 from .plugins import Plugins, get_plugins
+from .protocol import DEFAULT_PROTOCOL, PROTOCOLS, check_protocol, image_seed, translate
 from .report import build_report, forgetting, stage_matrix
 from .store import ModelStore, default_model_dir
 from .taskcache import DEFAULT_BUDGET, TaskCache
-
-#: Test-time protocols: "eval" runs the generator in eval mode (running statistics, no dropout).
-PROTOCOLS = ("eval",)
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 ImageLike = torch.Tensor | Image.Image | str | Path
@@ -73,12 +71,6 @@ class Task:
                    metrics=dict(entry.get("metrics") or {}))
 
 
-def check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"unknown test-time protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    return protocol
-
-
 def train_options(arch: str, factorizer: str = "piggyback", dataset: str | None = None,
                   derive: str | None = None, plugins: Plugins | None = None) -> tuple[list[Option], str]:
     """The options plugins add to `train` for this combination, and a name for it in messages."""
@@ -93,7 +85,7 @@ def train_options(arch: str, factorizer: str = "piggyback", dataset: str | None 
 
 def train_request(arch: str, task: str, data: str | Path | None = None, *, model_dir: str | Path | None = None,
                   direction: str | None = None, size: int = 256, steps: int | None = None,
-                  epochs: int | None = None, epochs_decay: int = 0, batch_size: int = 1,
+                  epochs: int | None = None, epochs_decay: int | None = None, batch_size: int = 1,
                   factorizer: str = "piggyback", dataset: str | None = None, derive: str | None = None,
                   device: str = "auto", seed: int = 0, resume: bool = False, checkpoint_every: int = 200,
                   precision: str = "fp32", plugins: Plugins | None = None, **options: Any) -> TrainRequest:
@@ -211,33 +203,36 @@ class Model:
         return {**entry, "direction": direction}, gen
 
     def generator(self, task: str, direction: str | None = None, device: str | torch.device = "cpu",
-                  protocol: str = "eval") -> nn.Module:
+                  protocol: str = DEFAULT_PROTOCOL) -> nn.Module:
         """The task's generator as a plain dense nn.Module on `device` under the test-time
         `protocol`. It is the model's cached instance: deep-copy it before changing it."""
         return self._generator(task, direction, device, protocol, lazy=False)[1]
 
     @torch.no_grad()
     def translate(self, task: str, image: ImageLike, direction: str | None = None, aligned: bool = False,
-                  device: str | torch.device = "cpu", protocol: str = "eval") -> torch.Tensor | Image.Image:
+                  device: str | torch.device = "cpu", protocol: str = DEFAULT_PROTOCOL) -> torch.Tensor | Image.Image:
         """Run a task on one image: a tensor (3, H, W) or a batch (N, 3, H, W) in [-1, 1] gives a
         tensor back; a PIL image or an image file gives a PIL image (the pixels `pbgan generate`
         writes). Inputs are resized to the task's size; `aligned` takes an A|B file's condition half."""
         first_use = self._cache_key(task, direction, device, protocol) not in self.cache
         entry, gen = self._generator(task, direction, device, protocol, lazy=first_use)
         size = int(entry["options"]["size"])
+        gname = self.plugins.architectures.get(entry["arch"]).generator_for(entry["direction"])
         if isinstance(image, torch.Tensor):
             if image.dim() not in (3, 4) or image.shape[-3] != 3:
                 raise PbganError(f"translate expects a (3, H, W) or (N, 3, H, W) tensor, got {tuple(image.shape)}")
-            out = gen(to_task_size(image, size).to(gen_device(gen)))
+            x = to_task_size(image, size).to(gen_device(gen))
+            seeds = [image_seed(entry["name"], gname, str(i)) for i in range(x.shape[0])]
+            out = translate(gen, x, protocol, seeds)
             return out if image.dim() == 4 else out[0]
         if isinstance(image, Image.Image):
-            x, source = from_pil(image), Path("<PIL image>")
+            name = "<PIL image>"
+            x = pil_condition(to_rgb8(image), size, entry["direction"], aligned, Path(name))
         else:
-            source = Path(image)
-            x = read_image(source)
-        if aligned:
-            x = condition_half(x, entry["direction"], source)
-        return to_pil(gen(to_task_size(x, size).to(gen_device(gen)))[0])
+            name = Path(image).name
+            x = load_condition(Path(image), size, entry["direction"], aligned)
+        y = translate(gen, x[None].to(gen_device(gen)), protocol, [image_seed(entry["name"], gname, name)])
+        return to_pil(y[0])
 
     def _cache_key(self, task: str, direction: str | None, device: str | torch.device, protocol: str) -> tuple:
         entry = self.store.task(task)
@@ -245,7 +240,7 @@ class Model:
         return entry["name"], name, str(pick_device(str(device))), protocol
 
     def generate(self, task: str, source: str | Path, output: str | Path, direction: str | None = None,
-                 aligned: bool = False, device: str | torch.device = "cpu", protocol: str = "eval",
+                 aligned: bool = False, device: str | torch.device = "cpu", protocol: str = DEFAULT_PROTOCOL,
                  force: bool = False) -> list[Path]:
         """`pbgan generate`: run a task on an image file or a folder; PNGs with the inputs' base
         names (existing files are kept unless `force`)."""
@@ -253,13 +248,14 @@ class Model:
             raise UsageError(f"--direction must be AtoB or BtoA, got {direction!r}")
         targets = plan_outputs(Path(source), Path(output), self.root, force)  # before the model is read
         entry, gen = self._generator(task, direction, device, protocol, lazy=False)
+        gname = self.plugins.architectures.get(entry["arch"]).generator_for(entry["direction"])
         return generate(gen, int(entry["options"]["size"]), entry["direction"], targets, aligned, gen_device(gen),
-                        force)
+                        force, protocol, (entry["name"], gname))
 
     # --- metrics and report -------------------------------------------------------
     def evaluate(self, task: str | None = None, metrics: Sequence[str] = ("l1", "psnr", "ssim"),
                  images: int | None = None, fid_weights: str | Path | None = None,
-                 lpips_weights: str | Path | None = None, protocol: str = "eval") -> dict[str, dict[str, float]]:
+                 lpips_weights: str | Path | None = None, protocol: str = DEFAULT_PROTOCOL) -> dict[str, dict[str, float]]:
         """Score every task (or one) on its test split now: {task: {metric: value}}. `images`
         test images per task (0: all; default: the task's --eval-images); fid/kid and lpips read
         their weights from `fid_weights` / `lpips_weights` when given."""
@@ -267,7 +263,8 @@ class Model:
         names = self.check_metrics(metrics)
         with metric_weights(fid_weights, lpips_weights):
             chosen = [self.store.task(task)["name"]] if task else [t["name"] for t in self.store.tasks]
-            return {name: evaluate_task(self.store, self.plugins, name, names, images) for name in chosen}
+            return {name: evaluate_task(self.store, self.plugins, name, names, images, protocol=protocol)
+                    for name in chosen}
 
     def check_metrics(self, metrics: Sequence[str]) -> list[str]:
         """The metric names, each known to a plugin (one-line error otherwise)."""
@@ -293,7 +290,7 @@ class Model:
                 "forgetting": dict(zip(tasks, forgetting(matrix, higher)))}
 
     def report(self, out: str | Path | None = None, metric: str = "ssim", samples: int = 4,
-               protocol: str = "eval") -> Path:
+               protocol: str = DEFAULT_PROTOCOL) -> Path:
         """Write the HTML report (default: MODEL_DIR/report/index.html); its path."""
         return build_report(self.store, self.plugins, Path(out) if out else self.root / "report", metric, samples,
                             check_protocol(protocol))

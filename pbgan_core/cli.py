@@ -16,10 +16,15 @@ from .console import console, errors, training_progress
 from .errors import PbganError
 from .options import parse_extra_args
 from .plugins import get_plugins
+from .protocol import DEFAULT_PROTOCOL
 from .store import ModelStore, default_model_dir
 
 ModelDir = typer.Option(None, "--model-dir", envvar="PBGAN_MODEL_DIR",
                         help="Lifelong model directory [default: ./pbgan-model]")
+ProtocolOption = typer.Option(DEFAULT_PROTOCOL, "--protocol", help="Test-time protocol: eval (running statistics, "
+                              "no dropout; the reference test.py --eval) or reference (each image on its own with "
+                              "batch statistics and dropout on, seeded per image, as the reference test.py without "
+                              "--eval and the pix2pix paper)")
 
 
 def _store(model_dir: Optional[Path], must_exist: bool = True) -> ModelStore:
@@ -75,9 +80,17 @@ def build_app() -> typer.Typer:
         direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA [default: the known "
                                                 "dataset's usual direction, else AtoB]"),
         size: int = typer.Option(256, "--size", help="Training image size in pixels"),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (overrides --epochs)"),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs at the initial learning rate"),
-        epochs_decay: int = typer.Option(0, "--epochs-decay", help="Epochs of linear decay to zero"),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Stop after exactly this many optimizer steps "
+                                            "(batches), whatever --epochs and --epochs-decay add up to; the learning "
+                                            "rate still follows their per-epoch schedule [default: (epochs + "
+                                            "epochs-decay) x batches per epoch]"),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (passes over the training images) at "
+                                             "the initial learning rate [default: the architecture's, 100 for "
+                                             "pix2pix and cyclegan, as the reference n_epochs]"),
+        epochs_decay: Optional[int] = typer.Option(None, "--epochs-decay", help="Epochs after those in which the "
+                                                   "learning rate falls linearly, once per epoch, to 1/(N+1) of the "
+                                                   "initial one in the last epoch, as the reference n_epochs_decay "
+                                                   "[default: the architecture's, 100]"),
         batch_size: int = typer.Option(1, "--batch-size"),
         factorizer: str = typer.Option("piggyback", "--factorizer", help="How tasks share the generator"),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset plugin [default: the "
@@ -125,6 +138,7 @@ def build_app() -> typer.Typer:
         aligned: bool = typer.Option(False, "--aligned", help="Inputs are A|B files: use their condition half"),
         device: str = typer.Option("cpu", "--device"),
         force: bool = typer.Option(False, "--force", help="Replace existing output files"),
+        protocol: str = ProtocolOption,
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
         """Run a stored task on images and write PNGs with the inputs' base names (full names
@@ -132,7 +146,8 @@ def build_app() -> typer.Typer:
 
         Example: pbgan generate --task facades --aligned ../shared/data/facades/test out/
         """
-        written = api.Model.open(model_dir).generate(task, input, output, direction, aligned, device, force=force)
+        written = api.Model.open(model_dir).generate(task, input, output, direction, aligned, device, protocol,
+                                                     force=force)
         console.print(f"wrote {len(written)} image(s) to {written[0].parent}")
 
     @app.command()

@@ -22,7 +22,8 @@ from .interfaces import Architecture
 from .options import Option, defaults
 from .plugins import Plugins
 from .manifest import DIRECTIONS
-from .store import ModelStore, check_task_name
+from .protocol import DEFAULT_PROTOCOL, check_protocol, image_seed, translate
+from .store import ModelStore, check_task_name, stored_options
 
 ENGINE_OPTIONS = (
     Option("init", "auto", "warm: start a later task from the latest task's generator; scratch: fresh weights; "
@@ -43,8 +44,8 @@ class TrainRequest:
     direction: str = "AtoB"
     size: int = 256
     steps: int | None = None
-    epochs: int | None = None
-    epochs_decay: int = 0
+    epochs: int | None = None  # None: the architecture's (reference: 100)
+    epochs_decay: int | None = None  # None: the architecture's (reference: 100)
     batch_size: int = 1
     factorizer: str = "piggyback"
     dataset: str | None = None
@@ -120,7 +121,7 @@ def load_generators(store: ModelStore, plugins: Plugins, name: str, device: torc
             return entry, gens
     factorizer = plugins.factorizers.get(entry["factorizer"])
     with torch.device("meta"):
-        names = list(plugins.architectures.get(entry["arch"]).build_generators(entry["options"]))
+        names = list(plugins.architectures.get(entry["arch"]).build_generators(stored_options(entry)))
     generators = {}
     for gname in names:
         state = factorizer.join(_prefixed(tensors, gname), _prefixed(new_filters, gname))
@@ -139,11 +140,12 @@ def _stored_generator(store: ModelStore, entry: Mapping[str, Any], gname: str, b
     """One wrapped generator holding a task's stored values: copied into fresh memory, or (`assign`)
     taking the loaded tensors themselves."""
     factorizer = plugins.factorizers.get(entry["factorizer"])
+    opts = stored_options(entry)
     with torch.device("meta"):  # shapes only: every value comes from the task file
-        gen = plugins.architectures.get(entry["arch"]).build_generators(entry["options"])[gname]
+        gen = plugins.architectures.get(entry["arch"]).build_generators(opts)[gname]
     if not assign:
         gen.to_empty(device="cpu")
-    factorizer.wrap(gen, bank, entry["options"], initialize=False)
+    factorizer.wrap(gen, bank, opts, initialize=False)
     try:
         gen.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as exc:
@@ -255,21 +257,36 @@ def _find_checkpoint(store: ModelStore, req: TrainRequest) -> dict[str, Any] | N
     return ckpt
 
 
-def schedule(req: TrainRequest, images: int) -> tuple[int, int]:
-    """(total steps, step where the linear learning-rate decay starts)."""
-    if req.steps is not None:
-        total, decay_start = req.steps, req.steps // 2 if req.epochs_decay else req.steps
-    else:
-        per_epoch = math.ceil(images / req.batch_size)
-        epochs = req.epochs if req.epochs is not None else 1
-        total, decay_start = (epochs + req.epochs_decay) * per_epoch, epochs * per_epoch
+def schedule(req: TrainRequest, arch: Architecture, images: int) -> tuple[int, dict[str, int]]:
+    """(total steps, the learning-rate schedule's options). The rate is constant for `epochs`
+    epochs, then falls linearly over `epochs_decay` more, per epoch as the reference's linear
+    policy; `--steps` only says where training stops."""
+    epochs = req.epochs if req.epochs is not None else arch.epochs
+    decay = req.epochs_decay if req.epochs_decay is not None else arch.epochs_decay
+    if epochs < 0 or decay < 0:
+        raise PbganError(f"--epochs and --epochs-decay cannot be negative (got {epochs} and {decay})")
+    steps_per_epoch = math.ceil(images / req.batch_size)
+    total = req.steps if req.steps is not None else (epochs + decay) * steps_per_epoch
     if total < 1:
-        raise PbganError("nothing to train: give --steps or --epochs of at least 1")
-    return total, decay_start
+        raise PbganError("nothing to train: give --steps, or --epochs plus --epochs-decay, of at least 1")
+    return total, {"epochs": epochs, "epochs_decay": decay, "steps_per_epoch": steps_per_epoch}
 
 
-def check_same_generator(store: ModelStore, task: str, signature: dict[str, list[int]]) -> None:
+def check_same_generator(store: ModelStore, task: str, arch: Architecture, opts: Mapping[str, Any],
+                         signature: dict[str, list[int]]) -> None:
+    """A later task must build the generator the bank was made for: same architecture, the same
+    generator-shaping options (named when one differs), the same convolutions."""
     first = store.tasks[0]
+    if first["arch"] != arch.name:
+        raise PbganError(f"task {task!r} uses --arch {arch.name}, but this model's generator (first task "
+                         f"{first['name']!r}) is --arch {first['arch']}; use --arch {first['arch']} or a new --model-dir")
+    then, now = arch.generator_options(stored_options(first)), arch.generator_options(opts)
+    for key, value in then.items():
+        if now.get(key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise PbganError(f"task {task!r} would build its generator with {flag} {now.get(key)}, but this model's "
+                             f"generator (first task {first['name']!r}) has {flag} {value}; use {flag} {value} or "
+                             "a new --model-dir")
     if first.get("signature") != signature:
         raise PbganError(f"task {task!r} builds a different generator than this model's first task "
                          f"{first['name']!r} ({first['arch']}, netG {first['options'].get('netG')}, size "
@@ -342,12 +359,13 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             raise PbganError(f"no training images in {req.data}" if not len(train_data) else
                              f"{len(train_data)} training image(s) in {req.data} for {ranks.world} processes; "
                              "use fewer processes or more images")
-        total, opts["decay_start"] = schedule(req, len(train_data) // ranks.world)
+        total, lr_schedule = schedule(req, arch, len(train_data) // ranks.world)
+        opts.update(lr_schedule)
         generators = arch.build_generators(opts)
         signature = generator_signature(generators)
         standalone = count_parameters(generators)
         if store.tasks:
-            check_same_generator(store, req.task, signature)
+            check_same_generator(store, req.task, arch, opts, signature)
             if opts["init"] == "warm" or (opts["init"] == "auto" and factorizer.warm_start):
                 _, previous = load_generators(store, plugins, store.tasks[-1]["name"])
                 for gname, gen in generators.items():
@@ -466,12 +484,21 @@ def eval_split(entry: Mapping[str, Any], plugins: Plugins) -> torch.utils.data.D
     return dataset.build(Path(entry["data"]), "test", entry["options"], train=False)
 
 
+def image_seeds(task: str, gname: str, paths: list[str]) -> list[int]:
+    """Per-image dropout seeds of the reference protocol: (task, generator, file name)."""
+    return [image_seed(task, gname, Path(p).name) for p in paths]
+
+
 @torch.no_grad()
 def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=("l1", "psnr", "ssim"),
-                  limit: int | None = None, as_of: str | None = None) -> dict[str, float]:
+                  limit: int | None = None, as_of: str | None = None,
+                  protocol: str = DEFAULT_PROTOCOL) -> dict[str, float]:
+    """Mean metrics of a stored task on its test split, its generator run under `protocol`."""
+    check_protocol(protocol)
     entry, generators = load_generators(store, plugins, name, as_of=as_of)
     arch = plugins.architectures.get(entry["arch"])
-    gen = generators[arch.generator_for(entry["direction"])]
+    forward = arch.generator_for(entry["direction"])
+    gen = generators[forward]
     source, target = ("A", "B") if entry["direction"] == "AtoB" else ("B", "A")
     data = eval_split(entry, plugins)
     limit = limit if limit is not None else entry["options"].get("eval_images", 0)
@@ -482,23 +509,28 @@ def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=(
     sums = {m.name: 0.0 for m in per_image}
     loader = _loader(torch.utils.data.Subset(data, range(count)), 8, False, 0, 0)
     for batch in loader:
-        fake, real = gen(batch[source]), batch[target]
+        paths = batch.get(f"path_{source}", batch["path"])
+        fake, real = translate(gen, batch[source], protocol, image_seeds(name, forward, paths)), batch[target]
         for acc in sets.values():  # set-level: the translated set against the target domain
             acc.update(fake, real)
         if not arch.paired:  # an unpaired target is an unrelated image: score the round trip back instead
-            fake, real = generators[arch.generator_for(f"{target}to{source}")](fake), batch[source]
+            back = arch.generator_for(f"{target}to{source}")
+            fake, real = translate(generators[back], fake, protocol, image_seeds(name, back, paths)), batch[source]
         for m in per_image:
             sums[m.name] += float(m.fn(fake, real).sum())
     found = {k: v / max(count, 1) for k, v in sums.items()} | {k: acc.compute() for k, acc in sets.items()}
     return {m.name: round(float(found[m.name]), 6) for m in metrics}
 
 
-def evaluate_all(store: ModelStore, plugins: Plugins, after: str) -> dict[str, dict[str, float]]:
+def evaluate_all(store: ModelStore, plugins: Plugins, after: str,
+                 protocol: str = DEFAULT_PROTOCOL) -> dict[str, dict[str, float]]:
     """Metrics of every task up to `after` as they stood after training it, recorded as that
-    row of the task-by-stage matrix. Inside a transaction."""
+    row of the task-by-stage matrix with the test-time protocol they were measured under.
+    Inside a transaction."""
     upto = store.task(after)["index"]
-    row = {e["name"]: evaluate_task(store, plugins, e["name"], as_of=after) for e in store.tasks[:upto]}
-    store.record_stage(after, row)
+    row = {e["name"]: evaluate_task(store, plugins, e["name"], as_of=after, protocol=protocol)
+           for e in store.tasks[:upto]}
+    store.record_stage(after, row, protocol)
     return row
 
 

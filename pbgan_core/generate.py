@@ -6,25 +6,35 @@ from pathlib import Path
 
 import kornia
 import torch
+from PIL import Image
 from torch import nn
 
 from .errors import PbganError
-from .images import BadImage, list_images, read_image, warn_skipped, write_image
+from .images import (BadImage, is_pair, list_images, normalize, open_rgb, pil_to_uint8, resize_bicubic, split_pair,
+                     warn_skipped, write_image)
+from .protocol import DEFAULT_PROTOCOL, image_seed, translate
 from .store import refuse_inside_model
 
 
-def condition_half(image: torch.Tensor, direction: str, source: Path) -> torch.Tensor:
-    """The condition side of an A|B file: A (left) for AtoB, B (right) for BtoA."""
-    width = image.shape[-1]
-    if width != 2 * image.shape[-2]:
-        raise BadImage(source, f"--aligned expects A|B side by side (width twice the height), got "
-                               f"{width}x{image.shape[-2]}")
-    half = width // 2
-    return image[..., :half] if direction == "AtoB" else image[..., half:]
+def pil_condition(image: Image.Image, size: int, direction: str, aligned: bool, source: Path) -> torch.Tensor:
+    """The generator's input (3, size, size) in [-1, 1] from an RGB image, as the reference test.py
+    makes it: PIL bicubic resize of the image (or of its condition half: A for AtoB, B for BtoA)."""
+    if aligned:
+        if not is_pair(image):
+            w, h = image.info.get("source_size", image.size)
+            raise BadImage(source, f"--aligned expects A|B side by side (width twice the height), got {w}x{h}")
+        image = split_pair(image)[0 if direction == "AtoB" else 1]
+    return normalize(pil_to_uint8(resize_bicubic(image, (size, size))))
+
+
+def load_condition(path: Path, size: int, direction: str, aligned: bool) -> torch.Tensor:
+    """`pil_condition` of an image file; far larger files are reduced cheaply while decoding."""
+    image = open_rgb(path, (2 * size, size) if aligned else (size, size))
+    return pil_condition(image, size, direction, aligned, path)
 
 
 def to_task_size(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, H, W) or (N, 3, H, W) -> (N, 3, size, size), resized as every task input is."""
+    """(3, H, W) or (N, 3, H, W) tensor -> (N, 3, size, size): tensors given directly (not files)."""
     batch = image if image.dim() == 4 else image[None]
     return kornia.geometry.transform.resize(batch, (size, size), antialias=True)
 
@@ -67,20 +77,22 @@ def plan_outputs(source: Path, output: Path, model_root: Path, force: bool = Fal
 
 @torch.no_grad()
 def generate(gen: nn.Module, size: int, direction: str, targets: dict[Path, Path], aligned: bool = False,
-             device: str | torch.device = "cpu", force: bool = False) -> list[Path]:
-    """Run `gen` on each input of `plan_outputs` and write its PNG."""
+             device: str | torch.device = "cpu", force: bool = False, protocol: str = DEFAULT_PROTOCOL,
+             seed_names: tuple[str, ...] = ()) -> list[Path]:
+    """Run `gen` on each input of `plan_outputs` under a test-time `protocol` (see protocol.py),
+    each image on its own, and write its PNG. `seed_names` (task, generator) and the file name
+    seed the reference protocol's dropout."""
     written, skipped = [], []
     for path, target in targets.items():
         try:
-            image = read_image(path)
-            if aligned:
-                image = condition_half(image, direction, path)
+            x = load_condition(path, size, direction, aligned)[None].to(device)
         except BadImage as exc:
             if len(targets) == 1:
                 raise
             skipped.append((path, exc.reason))
             continue
-        written.append(write_image(gen(to_task_size(image, size).to(device))[0].cpu(), target, overwrite=force))
+        y = translate(gen, x, protocol, [image_seed(*seed_names, path.name)])
+        written.append(write_image(y[0].cpu(), target, overwrite=force))
     if skipped:
         warn_skipped(skipped)
     if not written:

@@ -1,12 +1,13 @@
 """Image I/O: list a folder in natural order, read any image as a (3, H, W) tensor in [-1, 1],
-write PNGs atomically, and report unreadable files in one warning."""
+load images for a model the way the reference pix2pix/CycleGAN code does (8-bit RGB, PIL
+bicubic resize), write PNGs atomically, and report unreadable files in one warning."""
 from __future__ import annotations
 
 import io
 import re
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import kornia.image
 import numpy as np
@@ -71,14 +72,21 @@ def _to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img).astype(np.float32) / 255.0
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image fully and return a float tensor (3, H, W) in [-1, 1]. Raises BadImage."""
-    path = Path(path)
+def _decode(path: Path, convert: Callable[[Image.Image], Any], fit: tuple[int, int] | None = None) -> Any:
+    """Open and fully decode an image (truncation shows up here, not later), apply its EXIF
+    orientation, then `convert` it. With `fit`, a far larger JPEG is decoded at a reduced scale
+    (see REDUCE_ABOVE). Raises BadImage."""
     try:
         with Image.open(path) as img:
-            img.load()  # full decode: truncation shows up here, not later
-            img = ImageOps.exif_transpose(img)
-            array = _to_array(img)
+            swaps = _orientation_swaps(img)
+            source = img.size[::-1] if swaps else img.size
+            if fit is not None:
+                _draft(img, fit[::-1] if swaps else fit)
+            img.load()
+            out = convert(ImageOps.exif_transpose(img))
+            if isinstance(out, Image.Image):
+                out.info["source_size"] = source  # (w, h) before any reduction
+            return out
     except UnidentifiedImageError:
         raise BadImage(path, "not an image") from None
     except Image.DecompressionBombError:
@@ -88,6 +96,12 @@ def read_image(path: str | Path) -> torch.Tensor:
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
         raise BadImage(path, "truncated" if "truncated" in msg.lower() else msg) from None
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decode an image fully and return a float tensor (3, H, W) in [-1, 1]. Raises BadImage."""
+    path = Path(path)
+    array = _decode(path, _to_array)
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise BadImage(path, "empty image")
     return _array_to_tensor(array)
@@ -101,6 +115,88 @@ def from_pil(img: Image.Image) -> torch.Tensor:
 def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
     x = kornia.image.image_to_tensor(np.ascontiguousarray(array), keepdim=True)  # (3, H, W)
     return x * 2.0 - 1.0
+
+
+# -----------------------------------------------------------------------------
+# loading for a model, as the reference code does: 8-bit RGB, PIL bicubic resize, then
+# ToTensor (/255) and Normalize(0.5, 0.5)
+
+# An image more than REDUCE_ABOVE times larger than its target size in both directions is first
+# reduced (JPEG: decoded at 1/2, 1/4 or 1/8 scale; others: Image.reduce) to at least REDUCE_TO times
+# the target, so memory stays bounded; below that, loading is the reference's pixel for pixel.
+REDUCE_ABOVE = 16
+REDUCE_TO = 8
+
+
+def _orientation_swaps(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError):  # a damaged EXIF block
+        return False
+
+
+def _draft(img: Image.Image, fit: tuple[int, int]) -> None:
+    """Ask the JPEG decoder for a power-of-two reduced decode when the image is far too large."""
+    if img.format != "JPEG":
+        return
+    fw, fh = fit
+    if min(img.width // max(fw, 1), img.height // max(fh, 1)) >= REDUCE_ABOVE:
+        img.draft(None, (fw * REDUCE_TO, fh * REDUCE_TO))
+
+
+def reduce_large(img: Image.Image, fit: tuple[int, int]) -> Image.Image:
+    """Box-reduce by an integer factor when `img` is over REDUCE_ABOVE times `fit` (w, h)."""
+    fw, fh = max(fit[0], 1), max(fit[1], 1)
+    if min(img.width // fw, img.height // fh) < REDUCE_ABOVE:
+        return img
+    factor = min(img.width // (fw * REDUCE_TO), img.height // (fh * REDUCE_TO))
+    return img.reduce(factor) if factor >= 2 else img
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (alpha composited on white, 16-bit scaled)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("L", "CMYK", "YCbCr", "1"):
+        return img.convert("RGB")
+    return Image.fromarray(np.round(_to_array(img) * 255.0).astype(np.uint8), "RGB")
+
+
+def open_rgb(path: str | Path, fit: tuple[int, int] | None = None) -> Image.Image:
+    """An image as 8-bit RGB PIL image; with `fit` (the smallest (w, h) it will be resized to),
+    very large images come back reduced. Raises BadImage."""
+    path = Path(path)
+    img = _decode(path, lambda im: to_rgb8(im) if fit is None else reduce_large(to_rgb8(im), fit), fit)
+    if img.width < 1 or img.height < 1:
+        raise BadImage(path, "empty image")
+    return img
+
+
+def resize_bicubic(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """PIL bicubic resize to (w, h), as the reference's transforms.Resize on PIL images."""
+    return img if img.size == tuple(size) else img.resize(tuple(size), Image.BICUBIC)
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image -> uint8 tensor (3, H, W)."""
+    return kornia.image.image_to_tensor(np.array(img), keepdim=True).contiguous()
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (…, H, W) -> float in [-1, 1], the same float operations as ToTensor + Normalize(0.5, 0.5)."""
+    return (x.float() / 255 - 0.5) / 0.5
+
+
+def is_pair(img: Image.Image) -> bool:
+    """Whether the file behind `img` (from open_rgb) is A|B side by side: width = 2 x height."""
+    w, h = img.info.get("source_size", img.size)
+    return w == 2 * h
+
+
+def split_pair(img: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """(A, B) halves of a side-by-side A|B image, split as the reference splits them."""
+    half = img.width // 2
+    return img.crop((0, 0, half, img.height)), img.crop((half, 0, img.width, img.height))
 
 
 def load_usable(paths: Iterable[Path]) -> tuple[list[tuple[Path, torch.Tensor]], list[tuple[Path, str]]]:

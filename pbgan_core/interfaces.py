@@ -23,9 +23,17 @@ class Architecture:
     paired: bool = True
     default_dataset: str = "aligned"
     options: tuple[Option, ...] = ()
+    # training length without --steps: epochs at the initial learning rate, then epochs of linear decay
+    epochs: int = 100
+    epochs_decay: int = 100
 
     def build_generators(self, opts: Mapping[str, Any]) -> dict[str, nn.Module]:
         raise NotImplementedError
+
+    def generator_options(self, opts: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option value that shapes the generator beyond its convolutions' shapes (norm,
+        dropout, ...), normalized: later tasks of a model must match the first task's."""
+        return {}
 
     def generator_for(self, direction: str) -> str:
         """Name of the generator that translates in `direction` at inference."""

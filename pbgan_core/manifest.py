@@ -10,7 +10,7 @@ from typing import Any, Callable
 from . import __version__
 from .errors import PbganError
 
-FORMAT = 1
+FORMAT = 2  # 2: task entries record their format and --coef-scale (store.OPTIONS_ADDED)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DIRECTIONS = ("AtoB", "BtoA")
@@ -75,6 +75,8 @@ OPTIONAL_TASK_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "probe_sha256": ("a sha256 hex digest", _hex),
     "metrics": ("an object of metric values", _metrics),
     "train": ("an object", lambda v: isinstance(v, dict)),
+    "format": ("a whole number", _whole),
+    "metrics_protocol": ("a test-time protocol name", _text),
 }
 
 

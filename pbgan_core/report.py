@@ -15,6 +15,7 @@ from .accounting import task_rows
 from .atomic import atomic_write_bytes
 from .errors import PbganError
 from .images import to_pil
+from .protocol import DEFAULT_PROTOCOL, translate
 
 # -----------------------------------------------------------------------------
 # the task-by-stage matrix and forgetting (pure functions of manifest["stages"])
@@ -168,19 +169,21 @@ def draw_param_growth(names: list[str], stored: list[int], standalone: int) -> I
 
 
 @torch.no_grad()
-def sample_grid(store, plugins, name: str, count: int = 4) -> Image.Image:
+def sample_grid(store, plugins, name: str, count: int = 4, protocol: str = DEFAULT_PROTOCOL) -> Image.Image:
     """Rows of condition | output | target for the first `count` test images of a task."""
-    from .engine import load_generators, eval_split
+    from .engine import eval_split, image_seeds, load_generators
 
     entry, generators = load_generators(store, plugins, name)
     arch = plugins.architectures.get(entry["arch"])
-    gen = generators[arch.generator_for(entry["direction"])]
+    gname = arch.generator_for(entry["direction"])
+    gen = generators[gname]
     source, target = ("A", "B") if entry["direction"] == "AtoB" else ("B", "A")
     data = eval_split(entry, plugins)
     rows = []
     for i in range(min(count, len(data))):
         item = data[i]
-        fake = gen(item[source].unsqueeze(0))[0]
+        path = item.get(f"path_{source}", item["path"])
+        fake = translate(gen, item[source].unsqueeze(0), protocol, image_seeds(name, gname, [path]))[0]
         rows.append(torch.cat([item[source], fake, item[target]], dim=2))
     if not rows:
         raise PbganError(f"task {name!r} has no test images in {entry['data']}; cannot draw samples")
@@ -201,10 +204,13 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-PROTOCOL_TEXT = {"eval": "eval mode: BatchNorm uses its running statistics, dropout is off"}
+PROTOCOL_TEXT = {"eval": "eval mode: BatchNorm uses its running statistics, dropout is off",
+                 "reference": "as the reference test.py: each image on its own with its own BatchNorm statistics, "
+                              "dropout on, seeded per image"}
 
 
-def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int = 4, protocol: str = "eval") -> Path:
+def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int = 4,
+                 protocol: str = DEFAULT_PROTOCOL) -> Path:
     """Write out/index.html and its PNGs; every image is referenced relative to the page."""
     if not store.tasks:
         raise PbganError(f"{store.root} has no tasks yet; train one before making a report")
@@ -242,7 +248,7 @@ def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int =
     parts.append("<h2>Samples: condition | output | target</h2>")
     for r in rows:
         file = f"samples-{r['index']:04d}-{r['name']}.png"
-        _png(sample_grid(store, plugins, r["name"], samples), out / file)
+        _png(sample_grid(store, plugins, r["name"], samples, protocol), out / file)
         parts.append(f"<h3>{html.escape(r['name'])}</h3><p>condition | output | target, first {samples} test "
                      f"images</p><img src=\"{html.escape(file)}\" alt=\"samples of {html.escape(r['name'])}\">")
 

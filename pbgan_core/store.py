@@ -33,12 +33,27 @@ from .manifest import FORMAT, NAME_PATTERN, check_task_name, empty_manifest, fil
 from .tensorfile import read_metadata as _safetensors_metadata
 from .tensorfile import save_bytes
 
+# Options that shape a task's function, by the manifest format that added them, with the value every
+# task written in an earlier format had: a stored task never takes a default of the running version.
+OPTIONS_ADDED = {
+    2: {"coef_scale": 1.0},  # piggyback coefficients were not rescaled before --coef-scale
+}
 MODEL_DIR_ENV = "PBGAN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "pbgan-model"
 CHECKPOINTS = "checkpoints"
 # task and bank files (NNNN-NAME.safetensors) and the temporary files of their atomic writes
 STORED_FILE = re.compile(r"^\.?\d{4}-[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors(\.[A-Za-z0-9_]+\.tmp)?$")
 MANIFEST_TEMPORARY = re.compile(r"^\.manifest\.json\.[A-Za-z0-9_]+\.tmp$")
+
+
+def stored_options(entry: dict[str, Any]) -> dict[str, Any]:
+    """The options a task was written with, including those its format had implicitly."""
+    written = int(entry.get("format", 1))  # entries of format 1 did not record it
+    options: dict[str, Any] = {}
+    for added, values in sorted(OPTIONS_ADDED.items()):
+        if written < added:
+            options.update({k: v for k, v in values.items() if k not in options})
+    return {**options, **entry["options"]}
 
 
 def default_model_dir() -> Path:
@@ -198,7 +213,8 @@ class ModelStore:
         fname = self.file_name(index, entry["name"])
         meta = {"format": str(FORMAT), "task": entry["name"], "index": str(index),
                 "bank_fingerprint": bank_fingerprint, "bank_segments": str(index - 1)}
-        entry.update(index=index, file=f"tasks/{fname}", bank_file=f"bank/{fname}", bank_fingerprint=bank_fingerprint)
+        entry.update(index=index, format=FORMAT, file=f"tasks/{fname}", bank_file=f"bank/{fname}",
+                     bank_fingerprint=bank_fingerprint)
         written = []
         try:
             entry["sha256"] = self._write_tensors(entry["file"], task_tensors, meta)
@@ -263,13 +279,14 @@ class ModelStore:
         have = {stage["after"] for stage in self.manifest.get("stages", [])}
         return [entry["name"] for entry in self.tasks if entry["name"] not in have]
 
-    def record_stage(self, after: str, row: dict[str, dict[str, float]]) -> None:
-        """Store the metrics of every task so far as measured after training `after`, in training order."""
+    def record_stage(self, after: str, row: dict[str, dict[str, float]], protocol: str) -> None:
+        """Store the metrics of every task so far as measured after training `after` under the
+        test-time `protocol`, in training order."""
         self._check_locked()
         order = {entry["name"]: entry["index"] for entry in self.tasks}
         stages = [s for s in self.manifest.get("stages", []) if s["after"] != after]
-        stages.append({"after": after, "metrics": row})
+        stages.append({"after": after, "protocol": protocol, "metrics": row})
         self.manifest["stages"] = sorted(stages, key=lambda s: order.get(s["after"], len(order) + 1))
-        self.task(after)["metrics"] = row[after]
+        self.task(after).update(metrics=row[after], metrics_protocol=protocol)
         self.save_manifest()
 

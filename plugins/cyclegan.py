@@ -21,8 +21,8 @@ from pbgan_core.options import Option
 
 from .losses import ImagePool, gradient_penalty
 from .networks import build_generator, init_weights
-from .pix2pix import (DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, build_gan_loss, linear_decay, load_training_state,
-                      make_discriminator, make_optimizer, save_training_state)
+from .pix2pix import (DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, build_gan_loss, load_training_state,
+                      make_discriminator, make_optimizer, reference_lr_rule, save_training_state)
 
 RESNETS = ("resnet_9blocks", "resnet_6blocks")
 GENERATORS = {"AtoB": "G_A", "BtoA": "G_B"}
@@ -53,6 +53,9 @@ class CycleGAN(Architecture):
                                    opts["init_type"])
                 for name in ("G_A", "G_B")}
 
+    def generator_options(self, opts: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: opts[k] for k in ("netG", "ngf", "norm", "dropout")}
+
     def generator_for(self, direction: str) -> str:
         return GENERATORS[direction]
 
@@ -69,7 +72,7 @@ class CycleGANTrainer(Trainer):
         self.l1 = nn.L1Loss()
         self.opt_G = make_optimizer(itertools.chain(G_A.parameters(), G_B.parameters()), opts)
         self.opt_D = make_optimizer(itertools.chain(self.D_A.parameters(), self.D_B.parameters()), opts)
-        schedule = linear_decay(total_steps, opts.get("decay_start", total_steps // 2))
+        schedule = reference_lr_rule(opts)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in (self.opt_G, self.opt_D)]
         self.rng = random.Random(opts.get("seed", 0))  # shared by both pools; saved for an exact resume
         self.pool_A, self.pool_B = ImagePool(opts["pool_size"], self.rng), ImagePool(opts["pool_size"], self.rng)

@@ -2,22 +2,23 @@
 and unaligned A/B folders (CycleGAN). Items are dicts of (3, H, W) tensors in [-1, 1]; the
 direction is applied by the architecture, never here.
 
-Every image is decoded once when the dataset is built: unreadable files are skipped and named
-in one warning, and the resized images are kept in memory when they fit (CACHE_BYTES)."""
+Images are loaded as the reference pix2pix/CycleGAN code loads them (Pipeline). Every file is
+decoded once when the dataset is built: unreadable files are skipped and named in one warning,
+and the resized 8-bit images are kept in memory when they fit (CACHE_BYTES)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import kornia
-import kornia.augmentation as K
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from pbgan_core.errors import PbganError
 from pbgan_core.hookspecs import hookimpl
-from pbgan_core.images import BadImage, list_images, read_image, warn_skipped
+from pbgan_core.images import (BadImage, is_pair, list_images, normalize, open_rgb, pil_to_uint8, resize_bicubic, split_pair,
+                               warn_skipped)
 from pbgan_core.interfaces import DatasetPlugin
 from pbgan_core.options import Option
 
@@ -47,30 +48,41 @@ def split_folder(root: Path, split: str, suffix: str = "") -> Path:
 
 
 class Pipeline:
-    """Resize once (`resize`, cached), then per item a random crop and flip when training (`__call__`).
-    Randomness comes from torch's global RNG, so seeding makes runs reproducible."""
+    """The reference pix2pix/CycleGAN preprocessing. Once per file (`load`, cached as uint8): PIL
+    bicubic resize to the load size (training with resize_and_crop) or to the size (evaluation,
+    `generate`, --preprocess resize). Per item (`__call__`): a random crop and horizontal flip when
+    training, then ToTensor + Normalize to [-1, 1]. Randomness comes from torch's global RNG, so
+    seeding makes runs reproducible."""
 
     def __init__(self, opts: Mapping[str, Any], train: bool):
-        size = int(opts["size"])
-        load = int(opts.get("load_size") or 0) or round(size * 286 / 256)
+        self.size = int(opts["size"])
+        load = int(opts.get("load_size") or 0) or round(self.size * 286 / 256)
         mode = opts.get("preprocess", "resize_and_crop")
-        crop = train and mode == "resize_and_crop"
-        if crop and load < size:
-            raise PbganError(f"--load-size {load} is smaller than the crop size {size}; use --load-size >= {size}")
-        self.base = None if mode == "none" else (load if crop else size)
-        steps = ([K.RandomCrop((size, size))] if crop else []) + \
-                ([K.RandomHorizontalFlip()] if train and not opts.get("no_flip", False) else [])
-        self.augment = K.AugmentationSequential(*steps) if steps else None
+        self.crop = train and mode == "resize_and_crop"
+        if self.crop and load < self.size:
+            raise PbganError(f"--load-size {load} is smaller than the crop size {self.size}; "
+                             f"use --load-size >= {self.size}")
+        self.base = None if mode == "none" else (load if self.crop else self.size)
+        self.flip = train and not opts.get("no_flip", False)
 
-    def resize(self, x: torch.Tensor) -> torch.Tensor:
-        if self.base is None or tuple(x.shape[-2:]) == (self.base, self.base):
-            return x
-        # torch's antialiased bilinear (like PIL's): kornia's antialias blurs first and is ~30x slower
-        return F.interpolate(x[None], (self.base, self.base), mode="bilinear", antialias=True, align_corners=False)[0]
+    def fit(self, halves: int = 1) -> tuple[int, int] | None:
+        """The smallest (w, h) a file is resized to: lets very large files be reduced cheaply first."""
+        return None if self.base is None else (self.base * halves, self.base)
+
+    def resize(self, img: Image.Image) -> torch.Tensor:
+        """PIL image -> uint8 tensor (3, base, base)."""
+        return pil_to_uint8(img if self.base is None else resize_bicubic(img, (self.base, self.base)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """One shared crop/flip for all channels: A and B stacked on channels stay aligned."""
-        return self.augment(x[None])[0] if self.augment is not None else x.clone()  # never hand out the cache
+        if self.crop:
+            h, w = x.shape[-2:]
+            left = int(torch.randint(0, max(0, w - self.size) + 1, ()))
+            top = int(torch.randint(0, max(0, h - self.size) + 1, ()))
+            x = x[..., top: top + self.size, left: left + self.size]
+        if self.flip and bool(torch.rand(()) < 0.5):
+            x = x.flip(-1)
+        return normalize(x)  # a new tensor: the cache is never handed out
 
 
 class WrongLayout(Exception):
@@ -78,9 +90,9 @@ class WrongLayout(Exception):
 
 
 class Images:
-    """Validated images after `prepare(path, image)`: cached when they fit, else re-read per item."""
+    """Validated images after `prepare(path)`: cached when they fit, else re-read per item."""
 
-    def __init__(self, paths: list[Path], prepare: Callable[[Path, torch.Tensor], torch.Tensor],
+    def __init__(self, paths: list[Path], prepare: Callable[[Path], torch.Tensor],
                  opts: Mapping[str, Any], where: Path, layout: str = ""):
         self.prepare, self.paths, self.cache = prepare, [], []
         limit, used, skipped, wrong = int(opts.get("max_images") or 0), 0, [], []
@@ -88,7 +100,7 @@ class Images:
             if limit and len(self.paths) >= limit:
                 break
             try:
-                x = prepare(p, read_image(p))
+                x = prepare(p)
             except BadImage as e:
                 skipped.append((e.path, e.reason))
                 continue
@@ -115,29 +127,33 @@ class Images:
     def __getitem__(self, i: int) -> torch.Tensor:
         if self.cache is not None:
             return self.cache[i]
-        return self.prepare(self.paths[i], read_image(self.paths[i]))
+        return self.prepare(self.paths[i])
 
 
-def take_half(x: torch.Tensor, half: str) -> torch.Tensor:
-    """The left (A) or right (B) half of a side-by-side A|B image."""
-    h, w = x.shape[-2:]
-    if w != 2 * h:
+def halves(img: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """(A, B) of a side-by-side A|B image."""
+    if not is_pair(img):
+        w, h = img.info.get("source_size", img.size)
         raise WrongLayout(f"{w}x{h}, expected width = 2 x height")
-    return x[..., :h] if half == "A" else x[..., h:]
+    return split_pair(img)
 
 
 class Prepare:
-    """What is cached per file: the whole image, one half of an A|B file, or both halves
-    resized and stacked on channels (`pair`: 6 channels, A then B). A class, not a closure,
-    so datasets pickle for DataLoader workers."""
+    """What is cached per file (uint8, resized): the whole image, one half of an A|B file, or both
+    halves stacked on channels (`pair`: 6 channels, A then B). Each half is resized on its own, as
+    the reference does. A class, not a closure, so datasets pickle for DataLoader workers."""
 
     def __init__(self, pipe: Pipeline, half: str = "none"):
         self.pipe, self.half = pipe, half
 
-    def __call__(self, path: Path, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, path: Path) -> torch.Tensor:
+        img = open_rgb(path, self.pipe.fit(1 if self.half == "none" else 2))
+        if self.half == "none":
+            return self.pipe.resize(img)
+        a, b = halves(img)
         if self.half == "pair":
-            return torch.cat([self.pipe.resize(take_half(x, "A")), self.pipe.resize(take_half(x, "B"))])
-        return self.pipe.resize(x if self.half == "none" else take_half(x, self.half))
+            return torch.cat([self.pipe.resize(a), self.pipe.resize(b)])
+        return self.pipe.resize(a if self.half == "A" else b)
 
 
 # -----------------------------------------------------------------------------

@@ -20,9 +20,10 @@ def register_commands(cli):
     from rich.table import Table
 
     from pbgan_core.api import Model
-    from pbgan_core.cli import ModelDir
+    from pbgan_core.cli import ModelDir, ProtocolOption
     from pbgan_core.console import console
     from pbgan_core.lock import ModelInUse
+    from pbgan_core.protocol import check_protocol
 
     @cli.command("eval")
     def eval_cmd(
@@ -39,6 +40,7 @@ def register_commands(cli):
         lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="torchvision AlexNet "
                                                      "weights for lpips [default: $PBGAN_LPIPS_WEIGHTS, then the torch "
                                                      "hub cache]"),
+        protocol: str = ProtocolOption,
         json_out: bool = typer.Option(False, "--json", help="Print JSON"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
@@ -50,6 +52,7 @@ def register_commands(cli):
         Example: pbgan eval --metrics l1,psnr,ssim --model-dir pbgan-model
         """
         model = Model.open(model_dir)
+        check_protocol(protocol)
         names = [m.strip() for m in metrics.split(",") if m.strip()]
         model.check_metrics(names)
         model.plugins.metrics.get(matrix_metric)
@@ -60,18 +63,21 @@ def register_commands(cli):
             warnings.warn(f"the missing metrics rows were not recorded ({exc})", stacklevel=1)
         if recorded and not json_out:
             console.print(f"recorded the missing metrics row after: {', '.join(recorded)}", markup=False)
-        now = model.evaluate(task, names, images, fid_weights=fid_weights, lpips_weights=lpips_weights)
+        now = model.evaluate(task, names, images, fid_weights=fid_weights, lpips_weights=lpips_weights,
+                             protocol=protocol)
         history = model.history(matrix_metric)
         stages, tasks, matrix, drops = (model.store.manifest.get("stages", []), history["tasks"], history["values"],
                                         history["forgetting"])
         higher = history["higher_is_better"]
+        protocols = [s.get("protocol", "eval") for s in stages]  # stages before protocols existed ran in eval mode
         if json_out:
-            print(json.dumps({"model_dir": str(model.root), "recorded_rows_after": recorded, "metrics": now,
-                              "matrix": {k: history[k] for k in ("metric", "higher_is_better", "tasks", "after",
-                                                                 "values")},
+            print(json.dumps({"model_dir": str(model.root), "recorded_rows_after": recorded, "protocol": protocol,
+                              "metrics": now,
+                              "matrix": {**{k: history[k] for k in ("metric", "higher_is_better", "tasks", "after",
+                                                                    "values")}, "protocols": protocols},
                               "forgetting": drops}, indent=2))
             return
-        table = Table(title=f"metrics now ({model.root})")
+        table = Table(title=f"metrics now ({model.root}), protocol {protocol}")
         table.add_column("task")
         for name in names:
             table.add_column(name, justify="right")
@@ -80,7 +86,8 @@ def register_commands(cli):
         console.print(table)
         if not stages:
             return
-        grid = Table(title=f"{matrix_metric} after each task")
+        grid = Table(title=f"{matrix_metric} after each task, recorded under protocol "
+                           f"{', '.join(dict.fromkeys(protocols))}")
         grid.add_column("after")
         for t in tasks:
             grid.add_column(t, justify="right")
@@ -96,6 +103,7 @@ def register_commands(cli):
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: MODEL_DIR/report]"),
         metric: str = typer.Option("ssim", "--metric", help="Metric of the task-by-stage heatmap"),
         samples: int = typer.Option(4, "--samples", help="Test images per task in the sample grids"),
+        protocol: str = ProtocolOption,
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
         """Write an HTML report (index.html and PNGs, opens from disk): sample grids
@@ -103,5 +111,5 @@ def register_commands(cli):
 
         Example: pbgan report --model-dir pbgan-model
         """
-        index = Model.open(model_dir).report(out, metric, samples)
+        index = Model.open(model_dir).report(out, metric, samples, protocol)
         console.print(f"wrote {index}")

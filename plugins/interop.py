@@ -1,17 +1,16 @@
-"""Interoperability with the reference pix2pix code and deployment formats.
+"""Interoperability with the reference pix2pix/CycleGAN code and deployment formats.
 
-`pbgan export` writes a task's materialized generator as a plain state dict (safetensors and
-.pth, keys as in the reference UnetGenerator), TorchScript or ONNX. `pbgan import` starts a
-model from a reference generator checkpoint (latest_net_G.pth): it becomes task 1, all of its
-filters free, so later tasks piggyback on it.
+`pbgan export` writes a task's materialized generators as plain state dicts under the reference's
+file names (latest_net_G.pth; CycleGAN: latest_net_G_A.pth, latest_net_G_B.pth; keys as in the
+reference networks, plus .safetensors twins), or its own direction as TorchScript or ONNX.
+`pbgan import` starts a model from reference generator checkpoints: they become task 1, all
+filters free, so later tasks piggyback on them.
 """
 from __future__ import annotations
 
 import importlib.util
 import io
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,11 +22,18 @@ from pbgan_core.errors import PbganError, UsageError
 from pbgan_core.hookspecs import hookimpl
 from pbgan_core.store import ModelStore, check_task_name, default_model_dir, refuse_inside_model
 from pbgan_core.tensorfile import save_bytes
+from pbgan_core.weights import load_weights_only
 
 FORMATS = ("state-dict", "torchscript", "onnx")
 
 
 # --- export ------------------------------------------------------------------------------
+
+def reference_file(gname: str) -> str:
+    """The reference code's file name of a generator: latest_net_G.pth (pix2pix), latest_net_G_A.pth
+    (CycleGAN, A -> B) and latest_net_G_B.pth (B -> A)."""
+    return f"latest_net_{gname}.pth"
+
 
 def task_generator(store: ModelStore, plugins, name: str) -> tuple[dict[str, Any], torch.nn.Module]:
     """The task's dense generator for its own direction, on the CPU in eval mode."""
@@ -37,28 +43,43 @@ def task_generator(store: ModelStore, plugins, name: str) -> tuple[dict[str, Any
     return entry, generators[plugins.architectures.get(entry["arch"]).generator_for(entry["direction"])]
 
 
+def state_dict_files(entry: dict[str, Any], generators: dict[str, torch.nn.Module], name: str,
+                     folder: Path) -> list[tuple[Path, bytes]]:
+    """Every generator of the task as the reference saves it (FOLDER/latest_net_G*.pth, plain state
+    dicts that load with torch.load(weights_only=True)), plus the same tensors as .safetensors."""
+    files = []
+    for gname, gen in generators.items():
+        state = {k: v.detach().contiguous() for k, v in gen.state_dict().items()}
+        pth = folder / reference_file(gname)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # tensors only
+        files.append((pth, buffer.getvalue()))
+        meta = {"task": name, "arch": entry["arch"], "generator": gname}
+        files.append((pth.with_suffix(".safetensors"), save_bytes(state, metadata=meta)))
+    return files
+
+
 def export(store: ModelStore, plugins, name: str, fmt: str, out: Path, force: bool = False) -> list[Path]:
+    from pbgan_core.engine import load_generators
+
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise PbganError("exporting to ONNX needs the onnx package: pip install onnx (or use --format torchscript)")
     out = Path(out)
     if fmt == "state-dict":
-        stem = out.with_suffix("") if out.suffix in (".pth", ".safetensors") else out
-        paths = [stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".pth")]
+        if out.suffix in (".pth", ".safetensors", ".pt") or (out.exists() and not out.is_dir()):
+            raise PbganError(f"--format state-dict writes one file per generator into a folder, under the "
+                             f"reference's names (latest_net_G.pth; CycleGAN: latest_net_G_A.pth and "
+                             f"latest_net_G_B.pth); give a folder, not {out}")
+        refuse_inside_model(out, store.root)
+        entry, generators = load_generators(store, plugins, name)
+        files = state_dict_files(entry, generators, name, out)
     else:
-        paths = [out]
-    for path in paths:
-        refuse_inside_model(path, store.root)
-        if path.is_dir():
-            raise PbganError(f"{path} is a folder; give the path of the file to write")
-    entry, gen = task_generator(store, plugins, name)
-    if fmt == "state-dict":
-        state = {k: v.detach().contiguous() for k, v in gen.state_dict().items()}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)  # tensors only: loads with torch.load(..., weights_only=True)
-        contents = [save_bytes(state, metadata={"task": name, "arch": entry["arch"]}), buffer.getvalue()]
-    else:
+        refuse_inside_model(out, store.root)
+        if out.is_dir():
+            raise PbganError(f"{out} is a folder; give the path of the file to write")
+        entry, gen = task_generator(store, plugins, name)
         size = int(entry["options"]["size"])
         first = next(m for m in gen.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
         example = torch.rand(1, first.in_channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -69,8 +90,8 @@ def export(store: ModelStore, plugins, name: str, fmt: str, out: Path, force: bo
             else:
                 torch.onnx.export(gen, (example,), buffer, input_names=["input"], output_names=["output"],
                                   dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
-        contents = [buffer.getvalue()]
-    todo = [(path, data) for path, data in zip(paths, contents) if not _holds(path, data)]
+        files = [(out, buffer.getvalue())]
+    todo = [(path, data) for path, data in files if not _holds(path, data)]
     for path, _ in todo:
         if path.exists() and not force:
             raise PbganError(f"{path} exists already; add --force to replace it, or choose another path")
@@ -85,7 +106,7 @@ def export(store: ModelStore, plugins, name: str, fmt: str, out: Path, force: bo
         for path in created:
             path.unlink(missing_ok=True)
         raise
-    return paths
+    return [path for path, _ in files]
 
 
 def _holds(path: Path, data: bytes) -> bool:
@@ -101,13 +122,7 @@ def _holds(path: Path, data: bytes) -> bool:
 def read_reference_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict, cleaned as the reference loader cleans it (no `module.`, no
     `num_batches_tracked`). Loaded with weights_only=True: no code runs."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PbganError(f"checkpoint {path} does not exist; give the path of a latest_net_G.pth") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise PbganError(f"{path} is not a readable weights-only PyTorch checkpoint ({first})") from None
+    state = load_weights_only(path, "checkpoint")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
@@ -115,12 +130,21 @@ def read_reference_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {re.sub(r"^module\.", "", k): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
+def drop_instance_statistics(state: dict[str, torch.Tensor], norm: str) -> tuple[dict[str, torch.Tensor], int]:
+    """Instance norm here (as in the reference) tracks no running statistics; some checkpoints carry
+    them anyway (old PyTorch, some forks). Returns the state without them and how many were dropped."""
+    if norm == "batch":
+        return state, 0
+    kept = {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var"))}
+    return kept, len(state) - len(kept)
+
+
 def infer_unet(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
     """netG depth, ngf and norm of a reference UnetGenerator from its keys and shapes."""
     first = state.get("model.model.0.weight")
     if first is None or first.dim() != 4:
         raise PbganError(f"{path} is not a pix2pix U-Net generator (no model.model.0.weight); "
-                         "only --arch pix2pix U-Net checkpoints can be imported")
+                         "import it with the --arch it was trained with (pix2pix or cyclegan)")
     depth = max(k.split(".").count("model") for k in state) - 1
     norm_weights = [k for k, v in state.items() if k.endswith(".weight") and v.dim() == 1]
     if norm_weights:
@@ -129,33 +153,91 @@ def infer_unet(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
         norm = "instance"
     else:
         norm = "none"
-    if norm != "batch":  # old instance-norm checkpoints carry statistics the layer does not track
-        state = {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var"))}
-    return {"netG": f"unet_{2 ** depth}", "ngf": int(first.shape[0]), "norm": norm, "in": int(first.shape[1]),
-            "state": state}
+    return {"netG": f"unet_{2 ** depth}", "ngf": int(first.shape[0]), "norm": norm, "in": int(first.shape[1])}
+
+
+def infer_resnet(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """Blocks, ngf, norm and dropout of a reference ResnetGenerator from its keys and shapes."""
+    first = state.get("model.1.weight")
+    if first is None or first.dim() != 4 or first.shape[-1] != 7:
+        raise PbganError(f"{path} is not a CycleGAN ResNet generator (no 7x7 model.1.weight); "
+                         "import it with the --arch it was trained with (pix2pix or cyclegan)")
+    blocks = {k.split(".")[1] for k in state if ".conv_block." in k}
+    if len(blocks) not in (6, 9):
+        raise PbganError(f"{path} has {len(blocks)} ResNet blocks; pbgan builds resnet_6blocks and resnet_9blocks")
+    norm = "batch" if "model.2.weight" in state else "instance" if "model.1.bias" in state else "none"
+    dropout = any(".conv_block.6.weight" in k for k in state)  # dropout shifts the second conv from 5 to 6
+    return {"netG": f"resnet_{len(blocks)}blocks", "ngf": int(first.shape[0]), "norm": norm,
+            "dropout": dropout, "in": int(first.shape[1])}
+
+
+def reference_checkpoints(arch_name: str, paths: list[Path]) -> dict[str, Path]:
+    """Generator name -> checkpoint: a file (pix2pix), a pair (cyclegan: G_A and G_B, told apart by
+    their names), or a folder holding the reference's latest_net_G*.pth files."""
+    names = ("G_A", "G_B") if arch_name == "cyclegan" else ("G",)
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        folder = Path(paths[0])
+        found = {g: folder / reference_file(g) for g in names}
+        missing = [p.name for p in found.values() if not p.is_file()]
+        if missing:
+            raise PbganError(f"{folder} has no {' or '.join(missing)}; give the reference checkpoint files")
+        return found
+    if arch_name != "cyclegan":
+        if len(paths) != 1:
+            raise UsageError(f"--arch {arch_name} takes one checkpoint (latest_net_G.pth), got {len(paths)}")
+        return {"G": Path(paths[0])}
+    by_name = {g: [Path(p) for p in paths if re.search(rf"(^|[^A-Za-z]){g}([^A-Za-z]|$)", Path(p).stem)]
+               for g in names}
+    if len(paths) != 2 or any(len(found) != 1 for found in by_name.values()):
+        raise UsageError("--arch cyclegan takes two checkpoints, the A -> B generator and the B -> A one, named as "
+                         "the reference names them (latest_net_G_A.pth, latest_net_G_B.pth), or their folder")
+    return {g: found[0] for g, found in by_name.items()}
 
 
 def _not_empty(store: ModelStore) -> PbganError:
     return PbganError(f"{store.root} has tasks already; an import starts a new model: give an empty --model-dir")
 
 
-def import_reference(plugins, checkpoint: Path, arch_name: str, task: str, model_dir: Path, data: Path,
-                     direction: str, size: int | None, eval_images: int) -> dict[str, Any]:
-    from pbgan_core.engine import TrainRequest, count_parameters, generator_signature, store_task, task_options
+def import_reference(plugins, checkpoints: list[Path], arch_name: str, task: str, model_dir: Path, data: Path,
+                     direction: str | None, size: int | None, eval_images: int) -> dict[str, Any]:
+    from pbgan_core.engine import (TrainRequest, count_parameters, generator_signature, split_task, store_task,
+                                   task_options)
 
     check_task_name(task)
-    if arch_name != "pix2pix":
-        raise UsageError(f"--arch {arch_name}: only pix2pix (U-Net) checkpoints can be imported")
+    if arch_name not in ("pix2pix", "cyclegan"):
+        raise UsageError(f"--arch {arch_name}: only pix2pix (U-Net) and cyclegan (ResNet) checkpoints can be imported")
+    if direction is None:
+        if arch_name == "pix2pix":
+            raise UsageError("give --direction AtoB or BtoA: which half of the A|B files is the generator's input "
+                             "cannot be told from the data (facades and the edges2shoes here are BtoA)")
+        direction = "AtoB"  # both CycleGAN generators are imported; AtoB picks G_A as the task's own
+    if direction not in ("AtoB", "BtoA"):
+        raise UsageError(f"--direction must be AtoB or BtoA, got {direction!r}")
     store = ModelStore(model_dir)
     if store.tasks:  # an early answer; asked again under the lock
         raise _not_empty(store)
-    found = infer_unet(read_reference_checkpoint(checkpoint), checkpoint)
-    if found["in"] != 3:
-        raise PbganError(f"{checkpoint} takes {found['in']} input channels; pix2pix here translates RGB (3)")
-    size = size or int(found["netG"][len("unet_"):])
-    req = TrainRequest(arch=arch_name, task=task, data=data, model_dir=model_dir, direction=direction, size=size,
-                       extra={"netG": found["netG"], "ngf": found["ngf"], "norm": found["norm"],
-                              "eval_images": eval_images})
+    files = reference_checkpoints(arch_name, [Path(p) for p in checkpoints])
+    infer = infer_unet if arch_name == "pix2pix" else infer_resnet
+    states, found, dropped = {}, {}, 0
+    for gname, path in files.items():
+        state = read_reference_checkpoint(path)
+        found[gname] = infer(state, path)
+        states[gname], n = drop_instance_statistics(state, found[gname]["norm"])
+        dropped += n
+        if found[gname]["in"] != 3:
+            raise PbganError(f"{path} takes {found[gname]['in']} input channels; pbgan translates RGB (3)")
+    shapes = {tuple((k, v) for k, v in f.items()) for f in found.values()}
+    if len(shapes) > 1:
+        raise PbganError(f"{' and '.join(str(p) for p in files.values())} are different generators "
+                         f"({' / '.join(str(f) for f in found.values())}); give the two of one CycleGAN model")
+    shape = next(iter(found.values()))
+    default_size = int(shape["netG"][len("unet_"):]) if arch_name == "pix2pix" else \
+        (256 if shape["netG"] == "resnet_9blocks" else 128)
+    extra = {k: v for k, v in shape.items() if k != "in"} | {"eval_images": eval_images}
+    if arch_name == "pix2pix":
+        extra["no_dropout"] = False  # the U-Net's dropout layers have no weights: keep the reference's
+    req = TrainRequest(arch=arch_name, task=task, data=data, model_dir=model_dir, direction=direction,
+                       size=size or default_size, extra=extra)
     opts = task_options(req, plugins)
     arch, factorizer = plugins.architectures.get(arch_name), plugins.factorizers.get(req.factorizer)
     plugins.datasets.get(opts["dataset"]).build(Path(data), "test", opts, train=False)  # fail before storing
@@ -163,27 +245,31 @@ def import_reference(plugins, checkpoint: Path, arch_name: str, task: str, model
         if store.tasks:
             raise _not_empty(store)
         generators = arch.build_generators(opts)
-        try:
-            generators["G"].load_state_dict(found["state"], strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-            raise PbganError(f"{checkpoint} does not fit a {found['netG']} U-Net with ngf {found['ngf']} "
-                             f"({first[:200]})") from None
+        for gname, gen in generators.items():
+            try:
+                gen.load_state_dict(states[gname], strict=True)
+            except RuntimeError as exc:
+                lines = str(exc).splitlines()
+                first = (lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch").strip()
+                raise PbganError(f"{files[gname]} does not fit a {shape['netG']} generator with ngf {shape['ngf']} "
+                                 f"({first[:200]})") from None
         signature, standalone = generator_signature(generators), count_parameters(generators)
-        gen = factorizer.wrap(generators["G"], {}, opts)  # empty bank: every filter is free
-        gen.eval()
-        kept, added = factorizer.split(gen)
+        for gen in generators.values():
+            factorizer.wrap(gen, {}, opts)  # empty bank: every filter is free
+        task_tensors, new_filters, stored = split_task(factorizer, generators)
+        note = (f"dropped {dropped} running statistics of instance-norm layers, which track none (as the "
+                "reference loader does)") if dropped else ""
         entry = {
             "name": task, "arch": arch_name, "factorizer": req.factorizer, "dataset": opts["dataset"],
             "data": str(data), "direction": direction, "options": {k: v for k, v in opts.items()
                                                                    if isinstance(v, (str, int, float, bool))},
             "signature": signature,
-            "params": {"stored": factorizer.stored_parameters(gen), "standalone": standalone, "bank_before": 0,
-                       "bank_added": sum(t.numel() for t in added.values())},
-            "train": {"steps": 0, "imported_from": str(checkpoint)},
+            "params": {"stored": stored, "standalone": standalone, "bank_before": 0,
+                       "bank_added": sum(t.numel() for t in new_filters.values())},
+            "train": {"steps": 0, "imported_from": {g: str(p) for g, p in files.items()},
+                      **({"import_note": note} if note else {})},
         }
-        store_task(store, plugins, entry, {f"G/{k}": v for k, v in kept.items()},
-                   {f"G/{k}": v for k, v in added.items()}, store.load_bank().fingerprint())
+        store_task(store, plugins, entry, task_tensors, new_filters, store.load_bank().fingerprint())
     return store.task(task)
 
 
@@ -196,15 +282,19 @@ def register_commands(cli):
                                     help="Lifelong model directory [default: ./pbgan-model]")
 
     @cli.command("export")
-    def export_cmd(out: Path = typer.Argument(..., help="Output file (state-dict: writes OUT.safetensors "
-                                              "and OUT.pth)"),
-                   task: str = typer.Option(..., "--task", help="Which task's generator to export"),
-                   fmt: str = typer.Option("state-dict", "--format", help="state-dict, torchscript or onnx"),
+    def export_cmd(out: Path = typer.Argument(..., help="state-dict: a folder that gets the reference's files "
+                                              "(latest_net_G.pth; CycleGAN: latest_net_G_A.pth and "
+                                              "latest_net_G_B.pth) and .safetensors twins; torchscript or "
+                                              "onnx: the output file"),
+                   task: str = typer.Option(..., "--task", help="Which task's generator(s) to export"),
+                   fmt: str = typer.Option("state-dict", "--format", help="state-dict, torchscript or onnx "
+                                           "(the task's own direction)"),
                    force: bool = typer.Option(False, "--force", help="Replace existing output files"),
                    model_dir: Optional[Path] = model_dir_option) -> None:
-        """Write a task's standalone generator for use without pbgan.
+        """Write a task's standalone generator(s) for use without pbgan; state dicts load into the
+        reference code by its own file names.
 
-        Example: pbgan export --task facades --format torchscript facades_G.pt
+        Example: pbgan export --task facades checkpoints/facades_pix2pix
         """
         store = ModelStore(model_dir or default_model_dir())
         if not store.exists:
@@ -213,22 +303,29 @@ def register_commands(cli):
             console.print(f"wrote {path}", markup=False)
 
     @cli.command("import")
-    def import_cmd(checkpoint: Path = typer.Argument(..., help="A reference generator checkpoint "
-                                                     "(latest_net_G.pth)"),
-                   arch: str = typer.Option(..., "--arch", help="Architecture of the checkpoint: pix2pix"),
+    def import_cmd(checkpoints: list[Path] = typer.Argument(..., help="Reference generator checkpoint(s): "
+                                                            "latest_net_G.pth (pix2pix), latest_net_G_A.pth and "
+                                                            "latest_net_G_B.pth (cyclegan), or their folder"),
+                   arch: str = typer.Option(..., "--arch", help="Architecture of the checkpoint: pix2pix or cyclegan"),
                    task: str = typer.Option(..., "--task", help="Name of the task it becomes"),
                    data: Path = typer.Option(..., "--data", help="The task's dataset folder (for evaluation)"),
-                   direction: str = typer.Option("AtoB", "--direction", help="AtoB or BtoA"),
+                   direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA, as the model "
+                                                           "was trained (required for pix2pix; cyclegan: the task's "
+                                                           "own direction, default AtoB = G_A)"),
                    size: Optional[int] = typer.Option(None, "--size", help="Image size [default: 2**depth of "
-                                                      "the U-Net, e.g. 256 for unet_256]"),
+                                                      "the U-Net, e.g. 256 for unet_256; cyclegan: 256 for 9 "
+                                                      "blocks, 128 for 6]"),
                    eval_images: int = typer.Option(32, "--eval-images", help="Test images for the metrics"),
                    model_dir: Optional[Path] = model_dir_option) -> None:
-        """Start a model whose first task is a reference pix2pix generator.
+        """Start a model whose first task is a reference pix2pix or CycleGAN generator.
 
-        Example: pbgan import --arch pix2pix --task facades --data ../shared/data/facades latest_net_G.pth
+        Example: pbgan import --arch pix2pix --task facades --direction BtoA --data ../shared/data/facades
+        latest_net_G.pth
         """
         root = model_dir or default_model_dir()
-        entry = import_reference(get_plugins(), checkpoint, arch, task, root, data, direction, size, eval_images)
-        console.print(f"imported {checkpoint} as task {task!r} ({entry['options']['netG']}, ngf "
-                      f"{entry['options']['ngf']}, {entry['options']['norm']} norm) in {root}; metrics "
-                      f"{entry.get('metrics', {})}", markup=False)
+        entry = import_reference(get_plugins(), checkpoints, arch, task, root, data, direction, size, eval_images)
+        o = entry["options"]
+        note = entry["train"].get("import_note")
+        console.print(f"imported {', '.join(entry['train']['imported_from'].values())} as task {task!r} "
+                      f"({o['netG']}, ngf {o['ngf']}, {o['norm']} norm, {entry['direction']}) in {root}"
+                      f"{'; ' + note if note else ''}; metrics {entry.get('metrics', {})}", markup=False)

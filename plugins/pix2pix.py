@@ -16,10 +16,15 @@ from .losses import gradient_penalty
 from .networks import build_discriminator, build_generator, check_discriminator_size, init_weights, unet_depth
 
 
-def linear_decay(total_steps: int, decay_start: int):
-    """Constant learning rate, then linear decay to zero over the remaining steps."""
-    span = max(1, total_steps - decay_start)
-    return lambda step: 1.0 if step < decay_start else max(0.0, 1.0 - (step - decay_start + 1) / (span + 1))
+def reference_lr_rule(opts: Mapping[str, Any]):
+    """Learning-rate factor of the step after `step` optimizer steps: the reference's linear policy,
+    1 - max(0, e + 1 - epochs) / (epochs_decay + 1) with e the epochs completed before it, so the rate
+    stays constant for `epochs` epochs and changes once per epoch. Without a schedule in `opts`
+    (a trainer built outside the engine) the rate is constant."""
+    if "steps_per_epoch" not in opts:
+        return lambda step: 1.0
+    per_epoch, epochs, decay = opts["steps_per_epoch"], opts["epochs"], opts["epochs_decay"]
+    return lambda step: max(0.0, 1.0 - max(0, step // per_epoch + 1 - epochs) / (decay + 1))
 
 
 def make_optimizer(params, opts: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -94,6 +99,14 @@ class Pix2Pix(Architecture):
             raise PbganError(f"--netG {netG} at --size {opts['size']}: {exc}") from None
         return {"G": init_weights(net, opts["init_type"])}
 
+    def generator_options(self, opts: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            depth = unet_depth(opts["netG"], opts["size"])
+        except ValueError:
+            depth = opts["netG"]  # build_generators reports the bad name
+        return {"netG": f"unet_{2 ** depth}" if isinstance(depth, int) else depth, "ngf": opts["ngf"],
+                "norm": opts["norm"], "no_dropout": opts["no_dropout"]}
+
     def build_trainer(self, generators, opts, device, total_steps):
         return Pix2PixTrainer(generators["G"], opts, device, total_steps)
 
@@ -106,7 +119,7 @@ class Pix2PixTrainer(Trainer):
         self.l1 = nn.L1Loss()
         self.opt_G = make_optimizer(G.parameters(), opts)
         self.opt_D = make_optimizer(self.D.parameters(), opts)
-        schedule = linear_decay(total_steps, opts.get("decay_start", total_steps // 2))
+        schedule = reference_lr_rule(opts)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in (self.opt_G, self.opt_D)]
         self.source, self.target = ("A", "B") if opts["direction"] == "AtoB" else ("B", "A")
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # the engine enables it for fp16

@@ -18,7 +18,7 @@ from pbgan_core.bank import FilterBank
 from pbgan_core.errors import PbganError
 from pbgan_core.hookspecs import hookimpl
 from pbgan_core.lock import lock_holder
-from pbgan_core.store import ModelStore
+from pbgan_core.store import ModelStore, stored_options
 
 
 def _read(store: ModelStore, rel: str, sha256: str | None, problems: list[str]):
@@ -35,10 +35,10 @@ def _shape_problems(store: ModelStore, plugins, entry: dict[str, Any], tensors: 
     arch = plugins.architectures.get(entry["arch"])
     factorizer = plugins.factorizers.get(entry["factorizer"])
     with torch.device("meta"):
-        generators = arch.build_generators(entry["options"])
+        generators = arch.build_generators(stored_options(entry))
     problems = []
     for gname, gen in generators.items():
-        factorizer.wrap(gen, bank.prefix(len(bank), gname), entry["options"], initialize=False)
+        factorizer.wrap(gen, bank.prefix(len(bank), gname), stored_options(entry), initialize=False)
         lead = f"{gname}/"
         stored = factorizer.join({k[len(lead):]: v for k, v in tensors.items() if k.startswith(lead)},
                                  {k[len(lead):]: v for k, v in new_filters.items() if k.startswith(lead)})

@@ -65,9 +65,11 @@ def test_import_reference_checkpoint_runs_exactly(cli, tmp_path, norm):
 
 def test_export_state_dict_matches_reference_layout(cli, tmp_path):
     net, model = imported(cli, tmp_path)
-    _, out, _ = cli("export", "--task", "ref", "--format", "state-dict", tmp_path / "G.pth", "--model-dir", model)
+    _, out, _ = cli("export", "--task", "ref", "--format", "state-dict", tmp_path / "out", "--model-dir", model)
     reference = net.state_dict()
-    for exported in (load_file(tmp_path / "G.safetensors"), torch.load(tmp_path / "G.pth", weights_only=True)):
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["latest_net_G.pth", "latest_net_G.safetensors"]
+    for exported in (load_file(tmp_path / "out" / "latest_net_G.safetensors"),
+                     torch.load(tmp_path / "out" / "latest_net_G.pth", weights_only=True)):
         assert exported.keys() == reference.keys()
         for k, v in reference.items():
             assert exported[k].shape == v.shape and torch.equal(exported[k], v), k
@@ -95,7 +97,7 @@ def test_export_onnx(cli, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"not a checkpoint", "not a readable weights-only"),
+    (b"not a checkpoint", "not a readable PyTorch checkpoint"),
     (None, "not a plain state dict"),
     ("resnet", "not a pix2pix U-Net"),
 ])
@@ -107,7 +109,7 @@ def test_import_refuses_bad_checkpoints(cli, tmp_path, content, message):
         torch.save({"model.1.weight": torch.zeros(8, 3, 7, 7)}, path)
     else:
         path.write_bytes(content)
-    _, _, err = cli("import", "--arch", "pix2pix", "--task", "x", "--data", FACADES, path,
+    _, _, err = cli("import", "--arch", "pix2pix", "--task", "x", "--data", FACADES, "--direction", "BtoA", path,
                     "--model-dir", tmp_path / "model", expect=1)
     assert message in one_line_error(err)
     assert not (tmp_path / "model" / "manifest.json").exists()
@@ -115,6 +117,6 @@ def test_import_refuses_bad_checkpoints(cli, tmp_path, content, message):
 
 def test_import_needs_an_empty_model(cli, tmp_path):
     _, model = imported(cli, tmp_path)
-    _, _, err = cli("import", "--arch", "pix2pix", "--task", "again", "--data", FACADES,
+    _, _, err = cli("import", "--arch", "pix2pix", "--task", "again", "--data", FACADES, "--direction", "BtoA",
                     tmp_path / "latest_net_G.pth", "--model-dir", model, expect=1)
     assert "has tasks already" in one_line_error(err)

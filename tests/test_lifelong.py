@@ -163,4 +163,4 @@ def test_a_different_generator_is_refused(lifelong, tmp_path, cli):
     shutil.copytree(lifelong["model"], model)
     _, _, err = cli("train", "--arch", "pix2pix", "--task", "wide", "--data", FACADES, "--model-dir", model,
                     *STEPS, *TINY, "--ngf", "16", expect=1)
-    assert "different generator" in one_line_error(err)
+    assert "--ngf 16, but this model's generator (first task 'facades') has --ngf 8" in one_line_error(err)

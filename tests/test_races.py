@@ -32,8 +32,8 @@ def command(kind: str, name: str, files: Path) -> list:
     if kind == "train":
         return ["train", "--arch", "pix2pix", "--task", name, "--data", FACADES, *FAST, "--steps", 1]
     if kind == "import":
-        return ["import", "--arch", "pix2pix", "--task", name, "--data", FACADES, "--eval-images", 1,
-                files / "latest_net_G.pth"]
+        return ["import", "--arch", "pix2pix", "--task", name, "--data", FACADES, "--direction", "BtoA",
+                "--eval-images", 1, files / "latest_net_G.pth"]
     return [kind]  # eval (records the missing metrics row), gc
 
 

@@ -103,7 +103,7 @@ def test_transaction_reads_the_manifest_again(tmp_path):
     (lambda m: m["tasks"].append(dict(m["tasks"][0], index=2, file="tasks/0002-base.safetensors",
                                       bank_file="bank/0002-base.safetensors")), "repeats the task name"),
     (lambda m: m.update(format=True), "field 'format' must be a whole number"),
-    (lambda m: m.update(format=2), "newer than this pbgan understands (1); upgrade pbgan"),
+    (lambda m: m.update(format=3), "newer than this pbgan understands (2); upgrade pbgan"),
 ])
 def test_manifest_schema_names_the_field(model, tmp_path, change, message):
     manifest = json.loads((model / "manifest.json").read_text())
@@ -181,12 +181,12 @@ def test_export_never_writes_into_a_model_and_replaces_only_with_force(cli, copy
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
     cli("export", "--task", "base", "--model-dir", copy, tmp_path / "G")
     cli("export", "--task", "base", "--model-dir", copy, tmp_path / "G")  # the same bytes replace nothing
-    (tmp_path / "G.pth").write_bytes(b"mine")
+    (tmp_path / "G" / "latest_net_G.pth").write_bytes(b"mine")
     _, _, err = cli("export", "--task", "base", "--model-dir", copy, tmp_path / "G", expect=1)
-    assert "G.pth exists already; add --force" in one_line_error(err)
-    assert (tmp_path / "G.pth").read_bytes() == b"mine"
+    assert "latest_net_G.pth exists already; add --force" in one_line_error(err)
+    assert (tmp_path / "G" / "latest_net_G.pth").read_bytes() == b"mine"
     cli("export", "--task", "base", "--model-dir", copy, tmp_path / "G", "--force")
-    assert torch.load(tmp_path / "G.pth", weights_only=True)
+    assert torch.load(tmp_path / "G" / "latest_net_G.pth", weights_only=True)
 
 
 def test_ctrl_c_while_starting_says_so(tmp_path):

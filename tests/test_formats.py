@@ -1,0 +1,61 @@
+"""Stored tasks keep their function across versions, and later tasks must build the same generator."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+import pbgan_core.store as store_module
+from pbgan_core.engine import probe_task
+from pbgan_core.plugins import get_plugins
+from pbgan_core.store import FORMAT, ModelStore, stored_options
+from tests.conftest import FACADES, TINY, needs_data, one_line_error
+
+# Two tiny piggyback tasks written by pbgan before --coef-scale existed (manifest format 1),
+# with the probe hash each task recorded then.
+FORMAT1_MODEL = Path(__file__).parent / "data" / "format1-model"
+
+
+def test_format1_entry_reads_options_as_its_format_had_them():
+    old = {"options": {"lambda": 0.25}}
+    assert stored_options(old)["coef_scale"] == 1.0
+    assert stored_options({"format": FORMAT, "options": {"coef_scale": 30.0}})["coef_scale"] == 30.0
+    assert stored_options({"options": {"coef_scale": 30.0}})["coef_scale"] == 30.0  # recorded: kept
+    assert "coef_scale" not in stored_options({"format": FORMAT, "options": {}})
+
+
+def test_checked_in_format1_model_computes_what_it_computed_when_written(cli, tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    shutil.copytree(FORMAT1_MODEL, model)
+    store = ModelStore(model)
+    assert store.manifest["format"] == 1 and all("coef_scale" not in t["options"] for t in store.tasks)
+    for entry in store.tasks:
+        assert probe_task(store, get_plugins(), entry["name"]) == entry["probe_sha256"]
+    cli("verify", "--model-dir", model)
+    # read with today's default coefficient scale instead, the piggyback task would compute another function
+    monkeypatch.setattr(store_module, "OPTIONS_ADDED", {})
+    assert probe_task(ModelStore(model), get_plugins(), "second") != store.task("second")["probe_sha256"]
+
+
+def test_new_entries_record_their_format(cli, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(FORMAT1_MODEL.parent / "format1-data", data)
+    model = tmp_path / "m"
+    cli("train", "--arch", "pix2pix", "--task", "t", "--data", data, "--size", 8, "--ngf", 2, "--ndf", 2,
+        "--netD", "pixel", "--steps", 1, "--eval-images", 1, "--model-dir", model)
+    entry = ModelStore(model).task("t")
+    assert entry["format"] == FORMAT and entry["options"]["coef_scale"] == 30.0
+
+
+@needs_data(FACADES)
+@pytest.mark.parametrize("option,value,first", [("--norm", "instance", "batch"), ("--no-dropout", "true", "False"),
+                                                ("--arch", "cyclegan", "pix2pix")])
+def test_later_task_with_another_generator_names_the_option(cli, tmp_path, option, value, first):
+    model = tmp_path / "m"
+    cli("train", "--arch", "pix2pix", "--task", "a", "--data", FACADES, *TINY, "--max-images", 2, "--steps", 1,
+        "--model-dir", model)
+    arch = ["--arch", value, "--dataset", "aligned"] if option == "--arch" else ["--arch", "pix2pix", option, value]
+    _, _, err = cli("train", *arch, "--task", "b", "--data", FACADES, *TINY, "--max-images", 2, "--steps", 1,
+                    "--model-dir", model, expect=1)
+    line = one_line_error(err)
+    assert f"{option} {first}" in line and "first task 'a'" in line and "internal error" not in line
+    assert [t["name"] for t in ModelStore(model).tasks] == ["a"]
