@@ -27,8 +27,8 @@ DEFAULT_PROTOCOL = "eval"
 
 def check_protocol(name: str) -> str:
     if name not in PROTOCOLS:
-        raise UsageError(f"unknown --protocol {name!r}; use reference (batch statistics, dropout on, as the "
-                         "reference test.py) or eval (running statistics, no dropout)")
+        raise UsageError(f"unknown test-time protocol {name!r} (--protocol); use reference (batch statistics, "
+                         "dropout on, as the reference test.py) or eval (running statistics, no dropout)")
     return name
 
 

@@ -116,4 +116,4 @@ def test_unknown_protocol_is_one_line(cli, trained, tmp_path):
     for command in (["generate", "--task", "facades", FACADES / "test" / "1.jpg", tmp_path / "o.png"],
                     ["eval"], ["report"]):
         _, _, err = cli(*command, "--protocol", "train", "--model-dir", model, expect=2)
-        assert "unknown --protocol 'train'" in one_line_error(err)
+        assert "unknown test-time protocol 'train'" in one_line_error(err)
