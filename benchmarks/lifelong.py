@@ -6,8 +6,10 @@
 Each method trains the whole sequence in its own model directory through the same engine
 (`--factorizer NAME`). One table: final PSNR/SSIM/L1 per task, forgetting, total stored
 parameters and their ratio to one standalone generator, and training time relative to the
-standalone method (or to piggyback when standalone is not installed). A second table scores
-every final task on its held-out split under each test-time protocol (`--protocols`).
+standalone method (or to piggyback when standalone is not installed). A second table gives each
+later task's SSIM, PSNR and stored parameters as ratios to `standalone-warm`, the warm full copy
+(`--factorizer standalone --init warm`: a whole generator per task, fine-tuned from the latest).
+A third scores every final task on its held-out split under each test-time protocol (`--protocols`).
 
     python benchmarks/lifelong.py --size 64 --steps 300 --ngf 32 --eval-images 32
 """
@@ -29,7 +31,11 @@ from pbgan_core.report import forgetting, stage_matrix
 from pbgan_core.store import ModelStore
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-METHODS = ("standalone", "finetune", "piggyback", "lowrank", "mask")
+METHODS = ("standalone", "standalone-warm", "finetune", "piggyback", "lowrank", "mask")
+# Methods that are a factorizer run with other options: the warm full copy is a whole generator
+# per task started from the latest task and fine-tuned, the baseline a user would pick instead.
+NAMED = {"standalone-warm": ("standalone", {"init": "warm"})}
+BASELINE = "standalone-warm"
 
 
 def sequence(data: Path) -> list[dict]:
@@ -45,13 +51,15 @@ def run_method(method: str, args, root: Path) -> dict:
     plugins = get_plugins()
     model_dir = root / method
     shutil.rmtree(model_dir, ignore_errors=True)
-    common = {"ngf": args.ngf, "ndf": args.ngf, "eval_images": args.eval_images, "max_images": args.max_images}
+    factorizer, options = NAMED.get(method, (method, {}))
+    common = {"ngf": args.ngf, "ndf": args.ngf, "eval_images": args.eval_images, "max_images": args.max_images,
+              **options}
     started = time.perf_counter()
     for spec in sequence(args.data):
         torch.manual_seed(args.seed)
         request = TrainRequest(arch="pix2pix", task=spec["task"], data=spec["data"], model_dir=model_dir,
                                direction=spec["direction"], size=args.size, steps=args.steps,
-                               factorizer=method, dataset=spec["dataset"], device=args.device, seed=args.seed,
+                               factorizer=factorizer, dataset=spec["dataset"], device=args.device, seed=args.seed,
                                extra={**common, **spec["extra"]})
         entry = train_task(request, plugins)
         print(f"  {method}: {entry['name']} done, metrics {entry['metrics']}", flush=True)
@@ -69,6 +77,7 @@ def run_method(method: str, args, root: Path) -> dict:
     return {
         "method": method, "final": final, "forgetting": drops, "protocols": by_protocol,
         "stored": sum(t["params"]["stored"] for t in store.tasks),
+        "stored_per_task": {t["name"]: t["params"]["stored"] for t in store.tasks},
         "standalone": store.tasks[0]["params"]["standalone"],
         "train_seconds": sum(t["train"]["seconds"] for t in store.tasks), "wall_seconds": wall,
     }
@@ -109,6 +118,22 @@ def protocol_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ratio_table(results: list[dict]) -> str:
+    """Each later task's final quality and stored parameters as ratios to the warm full copy's."""
+    base = next((r for r in results if r["method"] == BASELINE), None)
+    if base is None:
+        return f"(no ratio table: {BASELINE} was not run)"
+    lines = [f"later tasks against {BASELINE} (the warm full copy), same steps and seed",
+             "| method | task | SSIM ratio | PSNR ratio | stored params ratio |", "|---|---|---|---|---|"]
+    for r in results:
+        for task in list(r["final"])[1:]:
+            ours, theirs = r["final"][task], base["final"][task]
+            stored = r["stored_per_task"][task] / base["stored_per_task"][task]
+            lines.append(f"| {r['method']} | {task} | {ours['ssim'] / theirs['ssim']:.3f} | "
+                         f"{ours['psnr'] / theirs['psnr']:.3f} | {stored:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=64)
@@ -128,8 +153,8 @@ def main() -> None:
 
     registered = get_plugins().factorizers
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
-    methods = [m for m in wanted if m in registered]
-    skipped = [m for m in wanted if m not in registered]
+    methods = [m for m in wanted if NAMED.get(m, (m,))[0] in registered]
+    skipped = [m for m in wanted if m not in methods]
     if skipped:
         print(f"skipped (not installed): {', '.join(skipped)}")
     if not methods:
@@ -141,6 +166,8 @@ def main() -> None:
         if args.json:  # after every method, so a long run keeps what it finished
             args.json.write_text(json.dumps(results, indent=2))
     print(table(results))
+    print()
+    print(ratio_table(results))
     print()
     print(protocol_table(results))
 

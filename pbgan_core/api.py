@@ -290,10 +290,12 @@ class Model:
                 "forgetting": dict(zip(tasks, forgetting(matrix, higher)))}
 
     def report(self, out: str | Path | None = None, metric: str = "ssim", samples: int = 4,
-               protocol: str = DEFAULT_PROTOCOL) -> Path:
-        """Write the HTML report (default: MODEL_DIR/report/index.html); its path."""
+               protocol: str = DEFAULT_PROTOCOL, baseline: str | Path | None = None) -> Path:
+        """Write the HTML report (default: MODEL_DIR/report/index.html); its path. `baseline`,
+        another model directory with the same task names, adds ratios to its tasks."""
+        base = Model.open(baseline).store if baseline is not None else None
         return build_report(self.store, self.plugins, Path(out) if out else self.root / "report", metric, samples,
-                            check_protocol(protocol))
+                            check_protocol(protocol), base)
 
 
 def _own_tensors(gen: nn.Module) -> None:

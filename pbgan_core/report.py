@@ -61,6 +61,26 @@ def forgetting(matrix: Sequence[Sequence[float | None]], higher_is_better: bool)
     return result
 
 
+def baseline_ratios(ours: Mapping[str, Mapping[str, float]],
+                    base: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
+    """Per task that both models have: each metric (and `stored`, if given) as a ratio to the
+    baseline model's value for the task of the same name, e.g. piggyback against a warm full
+    copy. None where the baseline lacks the metric or its value is 0."""
+    ratios = {}
+    for task, values in ours.items():
+        theirs = base.get(task)
+        if theirs is None:
+            continue
+        ratios[task] = {k: (float(v) / float(theirs[k]) if theirs.get(k) else None) for k, v in values.items()}
+    return ratios
+
+
+def require_shared_tasks(ratios: Mapping[str, Any], baseline_root: Path) -> None:
+    if not ratios:
+        raise PbganError(f"the baseline model {baseline_root} has no task named like this model's tasks; "
+                         "give --baseline a model trained on the same task names")
+
+
 # -----------------------------------------------------------------------------
 # drawing with PIL
 
@@ -210,8 +230,10 @@ PROTOCOL_TEXT = {"eval": "eval mode: BatchNorm uses its running statistics, drop
 
 
 def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int = 4,
-                 protocol: str = DEFAULT_PROTOCOL) -> Path:
-    """Write out/index.html and its PNGs; every image is referenced relative to the page."""
+                 protocol: str = DEFAULT_PROTOCOL, baseline=None) -> Path:
+    """Write out/index.html and its PNGs; every image is referenced relative to the page.
+    `baseline`, another model's store, adds each task's metrics and stored parameters as
+    ratios to that model's task of the same name."""
     if not store.tasks:
         raise PbganError(f"{store.root} has no tasks yet; train one before making a report")
     out = Path(out)
@@ -226,6 +248,18 @@ def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int =
         ["#", "task", "arch", "factorizer", "stored params", "x standalone", *metric_names],
         [[r["index"], r["name"], r["arch"], r["factorizer"], f"{r['stored_parameters']:,}",
           f"{r['ratio_to_standalone']:.3f}", *[(r["metrics"] or {}).get(m) for m in metric_names]] for r in rows]))
+
+    if baseline is not None:
+        base_rows, _ = task_rows(baseline)
+        ratios = baseline_ratios(
+            {r["name"]: {**(r["metrics"] or {}), "stored": r["stored_parameters"]} for r in rows},
+            {r["name"]: {**(r["metrics"] or {}), "stored": r["stored_parameters"]} for r in base_rows})
+        require_shared_tasks(ratios, baseline.root)
+        parts.append(f"<h2>Ratio to the baseline {html.escape(str(baseline.root))}</h2>"
+                     "<p>each task's value (right after training it) divided by the baseline's value for the "
+                     "task of the same name</p>" + _table(
+                         ["task", *metric_names, "stored params"],
+                         [[t, *[v.get(m) for m in metric_names], v["stored"]] for t, v in ratios.items()]))
 
     stages = store.manifest.get("stages", [])
     if stages:

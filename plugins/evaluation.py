@@ -24,6 +24,7 @@ def register_commands(cli):
     from pbgan_core.console import console
     from pbgan_core.lock import ModelInUse
     from pbgan_core.protocol import check_protocol
+    from pbgan_core.report import baseline_ratios, require_shared_tasks
 
     @cli.command("eval")
     def eval_cmd(
@@ -41,6 +42,9 @@ def register_commands(cli):
                                                      "weights for lpips [default: $PBGAN_LPIPS_WEIGHTS, then the torch "
                                                      "hub cache]"),
         protocol: str = ProtocolOption,
+        baseline: Optional[Path] = typer.Option(None, "--baseline", help="Another model directory (e.g. a "
+                                                "warm full copy: --factorizer standalone --init warm) trained on "
+                                                "the same task names: also show each metric as a ratio to it"),
         json_out: bool = typer.Option(False, "--json", help="Print JSON"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
@@ -65,6 +69,16 @@ def register_commands(cli):
             console.print(f"recorded the missing metrics row after: {', '.join(recorded)}", markup=False)
         now = model.evaluate(task, names, images, fid_weights=fid_weights, lpips_weights=lpips_weights,
                              protocol=protocol)
+        ratios = None
+        if baseline is not None:
+            base = Model.open(baseline)
+            base_stored = {t.name: t.params["stored"] for t in base.tasks}
+            ratios = baseline_ratios(
+                {t: {**v, "stored": model.task(t).params["stored"]} for t, v in now.items()},
+                {t: {**base.evaluate(t, names, images, fid_weights=fid_weights, lpips_weights=lpips_weights,
+                                     protocol=protocol)[t], "stored": base_stored[t]}
+                 for t in now if t in base_stored})
+            require_shared_tasks(ratios, base.root)
         history = model.history(matrix_metric)
         stages, tasks, matrix, drops = (model.store.manifest.get("stages", []), history["tasks"], history["values"],
                                         history["forgetting"])
@@ -75,7 +89,9 @@ def register_commands(cli):
                               "metrics": now,
                               "matrix": {**{k: history[k] for k in ("metric", "higher_is_better", "tasks", "after",
                                                                     "values")}, "protocols": protocols},
-                              "forgetting": drops}, indent=2))
+                              "forgetting": drops,
+                              **({"baseline": {"model_dir": str(baseline), "ratios": ratios}} if ratios else {})},
+                             indent=2))
             return
         table = Table(title=f"metrics now ({model.root}), protocol {protocol}")
         table.add_column("task")
@@ -84,6 +100,14 @@ def register_commands(cli):
         for t, values in now.items():
             table.add_row(t, *[_fmt(values[n]) for n in names])
         console.print(table)
+        if ratios:
+            compared = Table(title=f"ratio to the baseline {baseline}")
+            compared.add_column("task")
+            for name in [*names, "stored"]:
+                compared.add_column(f"{name} ratio" if name != "stored" else "stored params ratio", justify="right")
+            for t, values in ratios.items():
+                compared.add_row(t, *[_fmt(values[n]) for n in [*names, "stored"]])
+            console.print(compared)
         if not stages:
             return
         grid = Table(title=f"{matrix_metric} after each task, recorded under protocol "
@@ -104,6 +128,9 @@ def register_commands(cli):
         metric: str = typer.Option("ssim", "--metric", help="Metric of the task-by-stage heatmap"),
         samples: int = typer.Option(4, "--samples", help="Test images per task in the sample grids"),
         protocol: str = ProtocolOption,
+        baseline: Optional[Path] = typer.Option(None, "--baseline", help="Another model directory trained on the "
+                                                "same task names (e.g. a warm full copy): add each task's metrics "
+                                                "and stored parameters as ratios to it"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
         """Write an HTML report (index.html and PNGs, opens from disk): sample grids
@@ -111,5 +138,5 @@ def register_commands(cli):
 
         Example: pbgan report --model-dir pbgan-model
         """
-        index = Model.open(model_dir).report(out, metric, samples, protocol)
+        index = Model.open(model_dir).report(out, metric, samples, protocol, baseline)
         console.print(f"wrote {index}")

@@ -25,15 +25,20 @@ from pbgan_core.options import Option
 # one convolution: at equal multiply-adds it is slower (measured on CPU, benchmarks/piggyback_speed.py),
 # so it is taken only when it saves a clear share of the work.
 BANK_PATH_OVERHEAD = 1.5
-# Default coefficient learning-rate multiplier (see PiggybackConv); measured best of 1, 10 and 30.
-COEF_SCALE = 30.0
+# Default coefficient learning-rate multiplier (see PiggybackConv); measured best of 1, 10, 30,
+# 100, 300 and 1000 (BENCHMARKS.md). Tasks stored without the option were trained with 30.
+COEF_SCALE = 300.0
+STORED_COEF_SCALE = 30.0
+# --allocation small-free: layers with at most this share of the largest layer's filter weights
+# are fully free (see free_shares).
+SMALL_LAYER_SHARE = 1 / 8
 
 
 class PiggybackConv(FilterConv):
     """Free filters plus piggyback filters `coef.T @ bank`, filter-major: (C, c_in, k, k)."""
 
     def __init__(self, base: nn.Module, bank: torch.Tensor | None, lam: float, initialize: bool = True,
-                 coef_scale: float = 1.0):
+                 coef_scale: float = 1.0, free_init: str = "copy", mix_free: bool = False):
         super().__init__(base)
         filters = filters_of(base)
         # The parameter holds coefficients / coef_scale: Adam moves every parameter by about its
@@ -42,16 +47,24 @@ class PiggybackConv(FilterConv):
         self.coef_scale = coef_scale
         self.out_filters = filters.shape[0]
         self.free_count = self.out_filters if bank is None else min(self.out_filters, math.ceil(lam * self.out_filters))
-        self.free = nn.Parameter(filters[: self.free_count].clone())
+        free = filters[: self.free_count].clone()
+        if bank is not None and initialize and free_init == "fresh":
+            # New directions instead of copies of filters the bank already holds; same scale.
+            free = torch.randn_like(free) * filters.std()
+        self.free = nn.Parameter(free)
         piggy = self.out_filters - self.free_count
+        # mix_free: the piggyback filters combine this task's free filters too, not only the bank's,
+        # so they can move in the new directions the free filters learn (the bank's span is narrow).
+        self.mix_free = bool(mix_free) and piggy > 0 and bank is not None
         if piggy and bank is not None:
             if bank.shape[1:] != filters.shape[1:]:
                 raise PbganError(f"bank filters of shape {tuple(bank.shape[1:])} do not fit a layer with filters "
                                  f"{tuple(filters.shape[1:])}: the generator differs from the one this bank was built for")
             self.register_buffer("bank", bank.detach(), persistent=False)
-            coef = torch.empty(bank.shape[0], piggy, dtype=filters.dtype, device=filters.device)
+            rows = bank.shape[0] + (self.free_count if self.mix_free else 0)
+            coef = torch.zeros(rows, piggy, dtype=filters.dtype, device=filters.device)
             if initialize:
-                coef = self._fit_coefficients(bank, filters[self.free_count:]) / coef_scale
+                coef[: bank.shape[0]] = self._fit_coefficients(bank, filters[self.free_count:]) / coef_scale
             self.coef = nn.Parameter(coef)
         else:
             self.bank = None
@@ -74,7 +87,8 @@ class PiggybackConv(FilterConv):
     def filters(self) -> torch.Tensor:
         if self.coef is None:
             return self.free
-        piggy = (self.coefficients().T @ self.bank.flatten(1)).view(-1, *self.bank.shape[1:])
+        basis = torch.cat([self.bank, self.free]) if self.mix_free else self.bank
+        piggy = (self.coefficients().T @ basis.flatten(1)).view(-1, *self.bank.shape[1:])
         return torch.cat([self.free, piggy])
 
     def _bank_path_is_cheaper(self, x: torch.Tensor) -> bool:
@@ -105,6 +119,8 @@ class PiggybackConv(FilterConv):
         if self.coef is not None and self._bank_path_is_cheaper(x):
             free = self.conv(x, self.free)
             basis = self.conv(x, self.bank)
+            if self.mix_free:
+                basis = torch.cat([basis, free], dim=1)
             piggy = F.conv2d(basis, self.coefficients().T[:, :, None, None])
             y = torch.cat([free, piggy], dim=1)
         else:
@@ -114,8 +130,8 @@ class PiggybackConv(FilterConv):
         return y
 
     def extra_repr(self) -> str:
-        n = 0 if self.coef is None else self.coef.shape[0]
-        return f"filters={self.out_filters}, free={self.free_count}, bank={n}"
+        n = 0 if self.coef is None else self.bank.shape[0]
+        return f"filters={self.out_filters}, free={self.free_count}, bank={n}, mix_free={self.mix_free}"
 
 
 class PiggybackConv2d(PiggybackConv):
@@ -135,8 +151,17 @@ class PiggybackFactorizer(FilterConvFactorizer):
     description = "Piggyback GAN: bank-filter combinations plus a few free filters per layer (zero forgetting)"
     options = (
         Option("lambda", 0.25, "share of each layer's filters that are new free filters in later tasks"),
-        Option("free-last", False, "keep the generator's output layer fully free (its few filters save little)"),
+        Option("free-last", True, "keep the generator's output layer fully free (its few filters save little; "
+               "--no-free-last for the paper's setting)"),
         Option("coef-scale", COEF_SCALE, "learning-rate multiplier of the piggyback coefficients (a reparametrization)"),
+        Option("mix-free", False, "piggyback filters also combine the task's own free filters, not only the "
+               "bank's (adds free x piggyback coefficients per layer)"),
+        Option("allocation", "uniform", "where free filters go: uniform (the --lambda share in every layer, as in "
+               "the paper) or small-free (small layers fully free, the others share the rest of the same "
+               "stored-parameter budget)", choices=("uniform", "small-free")),
+        Option("free-init", "fresh", "how a later task's free filters start: fresh (random, at the layer's filter "
+               "scale) or copy (the latest task's first filters, which the bank already holds)",
+               choices=("fresh", "copy")),
     )
 
     def wrap(self, generator: nn.Module, bank: dict[str, torch.Tensor], opts: Mapping[str, Any],
@@ -147,22 +172,57 @@ class PiggybackFactorizer(FilterConvFactorizer):
         convs = [path for path, _ in iter_convs(generator)]
         last = convs[-1] if convs else None
         free_last = bool(opts.get("free_last", False))
-        coef_scale = float(opts.get("coef_scale", COEF_SCALE))
+        coef_scale = float(opts.get("coef_scale", STORED_COEF_SCALE))
         if coef_scale <= 0:
             raise PbganError(f"--coef-scale must be positive, got {coef_scale}")
         if bank and set(bank) != set(convs):
             raise PbganError("the generator's convolutions do not match the bank's layers: later tasks must "
                              "use the same generator (architecture, --netG, --ngf, --norm) as the first task")
 
+        mix_free = bool(opts.get("mix_free", False))
+        shares = {path: lam for path in convs}
+        allocation = str(opts.get("allocation", "uniform"))
+        if bank and allocation != "uniform":
+            sizes = {path: (*filters_of(conv).flatten(1).shape, bank[path].shape[0])
+                     for path, conv in iter_convs(generator)}
+            shares = free_shares(sizes, lam, mix_free)
+
         def make(path: str, conv: nn.Module) -> nn.Module:
             layer_bank = bank.get(path)
-            if path == last and free_last:
+            if (path == last and free_last) or shares[path] >= 1.0:
                 layer_bank = None
-            return WRAPPERS[type(conv)](conv, layer_bank, lam if layer_bank is not None else 1.0, initialize,
-                                        coef_scale)
+            return WRAPPERS[type(conv)](conv, layer_bank, shares[path] if layer_bank is not None else 1.0, initialize,
+                                        coef_scale, str(opts.get("free_init", "copy")),
+                                        mix_free)
 
         replace_modules(generator, lambda p, m: type(m) in WRAPPERS, make)
         return generator
+
+
+def free_shares(sizes: Mapping[str, tuple[int, int, int]], lam: float, mix_free: bool = False) -> dict[str, float]:
+    """Per layer, the share of its filters that are free, under the stored-parameter budget of
+    `lam` in every layer. `sizes`: layer -> (filters C, weights per filter D, bank filters n).
+
+    After a short unconstrained warm-up on a new task, most of every layer's filter change lies
+    outside the bank's span, and the small outer layers (first, last, near the image) change the
+    most while costing the least: they are made fully free, and the large inner layers share
+    what is left of the budget with one common, smaller share.
+    """
+    def cost(path: str, share: float) -> int:
+        c, d, n = sizes[path]
+        u = min(c, math.ceil(share * c))
+        return u * d + (n + (u if mix_free else 0)) * (c - u)
+
+    budget = sum(cost(path, lam) for path in sizes)
+    largest = max(c * d for c, d, _ in sizes.values())
+    small = {path for path, (c, d, _) in sizes.items() if c * d <= largest * SMALL_LAYER_SHARE}
+    rest = [path for path in sizes if path not in small]
+    left = budget - sum(c * d for path, (c, d, _) in sizes.items() if path in small)
+    lo, hi = 1e-9, lam  # the largest common share of the other layers that fits (at least one free filter)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if sum(cost(path, mid) for path in rest) <= left else (lo, mid)
+    return {path: 1.0 if path in small else lo for path in sizes}
 
 
 @hookimpl

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from pbgan_core.report import forgetting, stage_matrix
+from pbgan_core.report import baseline_ratios, forgetting, stage_matrix
 
 from .conftest import EDGES2SHOES, FACADES, TINY, needs_data, one_line_error
 
@@ -43,18 +43,36 @@ def test_unrecorded_matrix_metric_is_a_clear_error():
         stage_matrix(STAGES, "fid")
 
 
-@pytest.fixture(scope="module")
-def two_tasks(tmp_path_factory):
+def test_baseline_ratios_cover_tasks_both_models_have():
+    ours = {"a": {"ssim": 0.5, "stored": 30}, "b": {"ssim": 0.6, "stored": 10}}
+    base = {"a": {"ssim": 0.25, "stored": 100}, "c": {"ssim": 0.9, "stored": 100}}
+    assert baseline_ratios(ours, base) == {"a": {"ssim": 2.0, "stored": 0.3}}
+    assert baseline_ratios({"a": {"ssim": 0.5, "l1": 0.1}}, {"a": {"ssim": 0.0}}) == {"a": {"ssim": None, "l1": None}}
+
+
+def train_two_tasks(model, *args):
     from pbgan_core.cli import main
 
-    if not (FACADES.exists() and EDGES2SHOES.exists()):
-        pytest.skip("shared data not available")
-    model = tmp_path_factory.mktemp("eval") / "m"
     for task, data in (("facades", FACADES), ("shoes", EDGES2SHOES)):
         code = main(["train", "--arch", "pix2pix", "--task", task, "--data", str(data), "--direction", "BtoA",
-                     "--steps", "2", "--model-dir", str(model), *TINY])
+                     "--steps", "2", "--model-dir", str(model), *TINY, *args])
         assert code == 0
     return model
+
+
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory):
+    if not (FACADES.exists() and EDGES2SHOES.exists()):
+        pytest.skip("shared data not available")
+    return train_two_tasks(tmp_path_factory.mktemp("eval") / "m")
+
+
+@pytest.fixture(scope="module")
+def warm_copy(tmp_path_factory):
+    """The same two tasks as full generators, the second fine-tuned from the first."""
+    if not (FACADES.exists() and EDGES2SHOES.exists()):
+        pytest.skip("shared data not available")
+    return train_two_tasks(tmp_path_factory.mktemp("eval") / "warm", "--factorizer", "standalone", "--init", "warm")
 
 
 @needs_data(FACADES)
@@ -141,3 +159,38 @@ def test_eval_reports_kid_beside_fid_with_a_stand_in_inception(cli, two_tasks, t
     assert set(now) == {"facades", "shoes"}
     for values in now.values():
         assert set(values) == {"l1", "fid", "kid"} and values["fid"] > 0 and math.isfinite(values["kid"])
+
+
+def test_eval_against_a_warm_copy_gives_ratios_per_task(cli, two_tasks, warm_copy):
+    _, out, _ = cli("eval", "--json", "--baseline", warm_copy, "--model-dir", two_tasks)
+    report = json.loads(out)
+    _, base_out, _ = cli("eval", "--json", "--model-dir", warm_copy)
+    base = json.loads(base_out)["metrics"]
+    ratios = report["baseline"]["ratios"]
+    assert set(ratios) == {"facades", "shoes"}
+    for task, values in ratios.items():
+        for metric in ("l1", "psnr", "ssim"):
+            assert values[metric] == pytest.approx(report["metrics"][task][metric] / base[task][metric])
+    assert 0 < ratios["shoes"]["stored"] <= 0.30  # piggyback's later task against a whole generator
+    _, printed, _ = cli("eval", "--baseline", warm_copy, "--model-dir", two_tasks)
+    assert "ratio to the baseline" in printed and "stored params ratio" in printed
+
+
+@needs_data(FACADES)
+def test_eval_baseline_without_shared_tasks_is_one_line(cli, two_tasks, tmp_path):
+    other = tmp_path / "other"
+    from pbgan_core.cli import main
+    assert main(["train", "--arch", "pix2pix", "--task", "elsewhere", "--data", str(FACADES), "--direction", "BtoA",
+                 "--steps", "1", "--model-dir", str(other), *TINY]) == 0
+    _, _, err = cli("eval", "--baseline", other, "--model-dir", two_tasks, expect=1)
+    assert "no task named like" in one_line_error(err)
+    _, _, err = cli("eval", "--baseline", tmp_path / "none", "--model-dir", two_tasks, expect=1)
+    assert "no pbgan model" in one_line_error(err)
+
+
+@needs_data(FACADES)
+def test_report_with_a_baseline_has_the_ratio_table(cli, two_tasks, warm_copy, tmp_path):
+    out = tmp_path / "report"
+    cli("report", "--model-dir", two_tasks, "--out", out, "--samples", "1", "--baseline", warm_copy)
+    page = (out / "index.html").read_text()
+    assert "Ratio to the baseline" in page and "stored params" in page

@@ -26,14 +26,14 @@ def test_first_task_wrapper_is_the_plain_layer(kind):
 
 
 @pytest.mark.parametrize("kind", ["conv", "convT"])
-@pytest.mark.parametrize("coef_scale", [1.0, 7.0])
-def test_bank_path_equals_dense_path_and_materialized(kind, coef_scale):
+@pytest.mark.parametrize("coef_scale, mix_free", [(1.0, False), (7.0, False), (7.0, True)])
+def test_bank_path_equals_dense_path_and_materialized(kind, coef_scale, mix_free):
     base = make(kind)
     filters = base.weight.detach().transpose(0, 1) if kind == "convT" else base.weight.detach()
     bank = torch.randn(11, *filters.shape[1:])
     wrapped = (PiggybackConv2d if kind == "conv" else PiggybackConvTranspose2d)(base, bank, 0.25,
-                                                                              coef_scale=coef_scale)
-    assert wrapped.free_count == math.ceil(0.25 * 8) and wrapped.coef.shape == (11, 6)
+                                                                              coef_scale=coef_scale, mix_free=mix_free)
+    assert wrapped.free_count == math.ceil(0.25 * 8) and wrapped.coef.shape == (11 + 2 * mix_free, 6)
     with torch.no_grad():
         wrapped.coef.normal_()
     x = torch.randn(3, 6, 8, 8)
@@ -103,3 +103,47 @@ def test_parameter_count_matches_the_formula():
     u = math.ceil(0.25 * 32)
     expected = u * 16 * 9 + 40 * (32 - u) + 32  # free filters + coefficients + bias
     assert sum(p.numel() for p in wrapped.parameters()) == expected
+
+
+def test_fresh_free_filters_are_new_directions_at_the_layer_scale():
+    base = make("conv", c_out=16)
+    bank = base.weight.detach().clone()
+    copied = PiggybackConv2d(base, bank, 0.25)
+    fresh = PiggybackConv2d(base, bank, 0.25, free_init="fresh")
+    torch.testing.assert_close(copied.free, bank[:4])
+    assert not torch.allclose(fresh.free, bank[:4])
+    assert 0.5 < float(fresh.free.detach().std() / bank.std()) < 2.0
+    torch.testing.assert_close(fresh.filters()[4:], bank[4:], atol=1e-5, rtol=1e-4)  # piggyback part unchanged
+
+
+def test_mixing_free_filters_starts_from_the_same_filters_and_trains_through_them():
+    base = make("conv", c_out=16)
+    bank = base.weight.detach().clone()
+    plain = PiggybackConv2d(base, bank, 0.25, coef_scale=30.0)
+    mixed = PiggybackConv2d(base, bank, 0.25, coef_scale=30.0, mix_free=True)
+    assert mixed.coef.shape == (16 + 4, 12)
+    torch.testing.assert_close(mixed.filters(), plain.filters())
+    with torch.no_grad():
+        mixed.coef[16:].normal_()
+    mixed(torch.randn(2, 6, 8, 8)).square().mean().backward()
+    # the free filters get gradient from their own outputs and from the piggyback filters they shape
+    assert mixed.free.grad is not None and mixed.coef.grad[16:].abs().sum() > 0
+    assert sum(p.numel() for p in mixed.parameters()) == sum(p.numel() for p in plain.parameters()) + 4 * 12
+
+
+def test_small_free_allocation_keeps_the_uniform_budget():
+    from pbgan_plugins.piggyback import free_shares
+
+    # (filters, weights per filter, bank filters): two small outer layers, two large inner ones
+    sizes = {"first": (16, 48, 16), "inner1": (128, 2048, 128), "inner2": (64, 4096, 64), "last": (3, 512, 3)}
+
+    def stored(shares):
+        return sum(math.ceil(shares[p] * c) * d + n * (c - math.ceil(shares[p] * c))
+                   for p, (c, d, n) in sizes.items())
+
+    shares = free_shares(sizes, 0.25)
+    assert shares["first"] == shares["last"] == 1.0
+    assert 0 < shares["inner1"] == shares["inner2"] < 0.25
+    assert stored(shares) <= stored(dict.fromkeys(sizes, 0.25))
+    assert stored({**shares, "inner1": shares["inner1"] + 0.02, "inner2": shares["inner2"] + 0.02}) > \
+        stored(dict.fromkeys(sizes, 0.25))  # the largest share that fits
