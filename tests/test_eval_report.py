@@ -161,6 +161,7 @@ def test_eval_reports_kid_beside_fid_with_a_stand_in_inception(cli, two_tasks, t
         assert set(values) == {"l1", "fid", "kid"} and values["fid"] > 0 and math.isfinite(values["kid"])
 
 
+@needs_data(FACADES)
 def test_eval_against_a_warm_copy_gives_ratios_per_task(cli, two_tasks, warm_copy):
     _, out, _ = cli("eval", "--json", "--baseline", warm_copy, "--model-dir", two_tasks)
     report = json.loads(out)
