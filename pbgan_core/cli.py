@@ -96,7 +96,7 @@ def build_app() -> typer.Typer:
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset plugin [default: the "
                                               "architecture's]"),
         derive: Optional[str] = typer.Option(None, "--derive", help="Derive conditions from a folder of photos: "
-                                             "edges, grayscale, blur or noise (implies --dataset derived)"),
+                                             "edges, grayscale, blur, noise, pixelate, dark or negative (implies --dataset derived)"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         seed: int = typer.Option(0, "--seed"),
         resume: bool = typer.Option(False, "--resume", help="Continue the task's interrupted run from its "
@@ -200,13 +200,16 @@ def build_app() -> typer.Typer:
         console.print(table)
 
     @app.command()
-    def demo(out: Path = typer.Option(Path("pbgan-demo"), "--out", help="Where the model and samples go"),
+    def demo(out: Path = typer.Option(Path("pbgan-demo"), "--out", help="Where the photos, the model and its "
+                                      "report go"),
              steps: int = typer.Option(500, "--steps", help="Training steps per task"),
              size: int = typer.Option(64, "--size", help="Image size"),
              device: str = typer.Option("cpu", "--device")) -> None:
-        """Train a 3-task lifelong model on built-in photos (no download) and report it.
+        """Learn a few image translations one after another on built-in photos (no download):
+        show each task's score against its trivial baseline, check the earlier tasks are unchanged,
+        and write the HTML report (OUT/model/report/index.html).
 
-        Example: pbgan demo --steps 500
+        Example: pbgan demo --out pbgan-demo
         """
         from .demo import run_demo
 

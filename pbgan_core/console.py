@@ -24,3 +24,29 @@ def training_progress(description: str) -> tuple[Progress, callable]:
         progress.update(task_id, completed=step, total=total, losses=text)
 
     return progress, update
+
+
+def sequence_progress(names: list[str], steps: int) -> tuple[Progress, callable]:
+    """One bar over a sequence of tasks ("task i of n", time left for all of them) and a
+    function `start(name)` that returns the progress callback of the next task."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+        console=console, transient=False,
+    )
+    overall = progress.add_task("", total=len(names) * steps, losses="")
+    done = 0
+
+    def start(name: str) -> callable:
+        nonlocal done
+        index = names.index(name)
+        done = index * steps
+        progress.update(overall, description=f"task {index + 1} of {len(names)}: {name}", completed=done)
+
+        def update(step: int, total: int, losses: Mapping[str, float]) -> None:
+            text = " ".join(f"{k} {v:.3f}" for k, v in losses.items())
+            progress.update(overall, completed=done + step * steps // total, losses=text)
+
+        return update
+
+    return progress, start

@@ -214,6 +214,16 @@ def sample_grid(store, plugins, name: str, count: int = 4, protocol: str = DEFAU
 # the HTML report
 
 
+def _describe(entry: Mapping[str, Any]) -> str:
+    """What the task translates, in words."""
+    options = entry.get("options", {})
+    if entry.get("dataset") == "derived":
+        source = f"condition: {options.get('derive')}, derived from each photo in {entry['data']}"
+    else:
+        source = f"data: {entry['data']} ({entry.get('dataset')}, {entry['direction']})"
+    return f"{entry['arch']}, {source}"
+
+
 def _cell(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
@@ -243,6 +253,17 @@ def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int =
              f"({html.escape(PROTOCOL_TEXT[protocol])}); samples and metrics below use it.</p>"]
 
     rows, totals = task_rows(store)
+    # samples first: what each task does is seen before it is measured
+    parts.append("<h2>Samples: condition | output | target</h2>")
+    for r in rows:
+        file = f"samples-{r['index']:04d}-{r['name']}.png"
+        grid = sample_grid(store, plugins, r["name"], samples, protocol)
+        _png(grid, out / file)
+        width = grid.width * max(1, 576 // grid.width)  # small images shown larger, pixels kept sharp
+        parts.append(f"<h3>{html.escape(r['name'])}</h3><p>{html.escape(_describe(store.task(r['name'])))}</p>"
+                     f"<img src=\"{html.escape(file)}\" width=\"{width}\" alt=\"condition, output and target "
+                     f"of {html.escape(r['name'])}\">")
+
     metric_names = sorted({k for r in rows for k in (r["metrics"] or {})})
     parts.append("<h2>Tasks</h2>" + _table(
         ["#", "task", "arch", "factorizer", "stored params", "x standalone", *metric_names],
@@ -270,6 +291,12 @@ def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int =
         parts.append(f"<h2>{html.escape(metric)} after each task</h2><img src=\"matrix.png\" alt=\"matrix\">")
         parts.append(_table(["", *tasks], [[f"after {a}", *row] for a, row in zip(after, matrix)]
                             + [["forgetting", *drops]]))
+        measured = [d for d in drops if d is not None]
+        if measured:
+            worst = max(measured)
+            verdict = "zero forgetting" if worst <= 0 else "earlier tasks got worse"
+            parts.append(f"<p><b>{verdict}</b>: the largest drop of an earlier task's {html.escape(metric)} after "
+                         f"later tasks is {worst:.4f}.</p>")
 
     names = [r["name"] for r in rows]
     _png(draw_param_growth(names, [r["stored_parameters"] for r in rows], totals["standalone_parameters"]),
@@ -278,13 +305,6 @@ def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int =
                  f"<p>{totals['stored_parameters']:,} stored in all, "
                  f"{totals['stored_parameters'] / max(totals['standalone_parameters'], 1):.3f} of one standalone "
                  f"generator; {totals['one_standalone_per_task']:,} for one standalone generator per task.</p>")
-
-    parts.append("<h2>Samples: condition | output | target</h2>")
-    for r in rows:
-        file = f"samples-{r['index']:04d}-{r['name']}.png"
-        _png(sample_grid(store, plugins, r["name"], samples, protocol), out / file)
-        parts.append(f"<h3>{html.escape(r['name'])}</h3><p>condition | output | target, first {samples} test "
-                     f"images</p><img src=\"{html.escape(file)}\" alt=\"samples of {html.escape(r['name'])}\">")
 
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{image-rendering:pixelated}")

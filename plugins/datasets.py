@@ -203,7 +203,9 @@ class FolderDataset(DatasetPlugin):
 
 
 # -----------------------------------------------------------------------------
-# derived: B is a photo, A a condition computed from it (edges, grayscale, blur, noise)
+# derived: B is a photo, A a condition computed from it (edges, grayscale, blur, noise, ...)
+
+DERIVED = ("edges", "grayscale", "blur", "noise", "pixelate", "dark", "negative")
 
 
 def derive(photo: torch.Tensor, kind: str, index: int, blur_sigma: float = 2.0, noise_std: float = 0.2) -> torch.Tensor:
@@ -220,8 +222,16 @@ def derive(photo: torch.Tensor, kind: str, index: int, blur_sigma: float = 2.0, 
     elif kind == "noise":  # std in [-1, 1] units; same noise for the same image index every time
         g = torch.Generator().manual_seed(index)
         return (photo + noise_std * torch.randn(photo.shape, generator=g)).clamp(-1, 1)
+    elif kind == "pixelate":  # 4x4 blocks
+        h, w = x.shape[-2:]
+        small = F.interpolate(x, (max(1, h // 4), max(1, w // 4)), mode="area")
+        out = F.interpolate(small, (h, w), mode="nearest")
+    elif kind == "dark":  # an underexposed photo
+        out = kornia.enhance.adjust_gamma(x, gamma=2.0, gain=0.5)
+    elif kind == "negative":
+        out = kornia.enhance.invert(x)
     else:
-        raise PbganError(f"unknown --derive {kind!r}; use edges, grayscale, blur or noise")
+        raise PbganError(f"unknown --derive {kind!r}; use one of {', '.join(DERIVED)}")
     return (out[0] * 2 - 1).contiguous()
 
 
@@ -252,9 +262,9 @@ class DerivedItems(Dataset):
 
 class DerivedDataset(DatasetPlugin):
     name = "derived"
-    description = "photos only: B is the photo, A a condition computed from it (edges, grayscale, blur, noise)"
+    description = f"photos only: B is the photo, A a condition computed from it ({', '.join(DERIVED)})"
     options = COMMON + (
-        Option("derive", "edges", "condition computed from each photo", choices=("edges", "grayscale", "blur", "noise")),
+        Option("derive", "edges", "condition computed from each photo", choices=DERIVED),
         Option("blur-sigma", 2.0, "gaussian blur sigma in pixels, for --derive blur"),
         Option("noise-std", 0.2, "gaussian noise std (images in [-1, 1]), for --derive noise"),
         Option("half", "none", "photos are A|B files: use this half as the photo", choices=("none", "A", "B")),
@@ -262,7 +272,7 @@ class DerivedDataset(DatasetPlugin):
 
     def build(self, root: Path, split: str, opts: Mapping[str, Any], train: bool) -> Dataset:
         root, pipe, half = Path(root), Pipeline(opts, train), opts.get("half", "none")
-        if opts.get("derive", "edges") not in ("edges", "grayscale", "blur", "noise"):
+        if opts.get("derive", "edges") not in DERIVED:
             derive(torch.zeros(3, 1, 1), opts["derive"], 0)  # raises the error
         paths = photo_paths(root, split)
         where = paths[0].parent if paths else root

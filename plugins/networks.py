@@ -37,15 +37,30 @@ def _uses_bias(norm_layer):
 # U-Net generator
 
 
+UPSAMPLING = ("transpose", "resize")
+
+
+def upsampling(kind, in_nc, out_nc, bias):
+    """Layers that double the resolution: a transposed conv, or a resize followed by a conv."""
+    if kind == "transpose":
+        return [nn.ConvTranspose2d(in_nc, out_nc, kernel_size=4, stride=2, padding=1, bias=bias)]
+    if kind == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_nc, out_nc, kernel_size=3, padding=1, bias=bias)]
+    raise ValueError(f"unknown upsampling {kind!r}: expected one of {', '.join(UPSAMPLING)}")
+
+
 class UnetSkipConnectionBlock(nn.Module):
     """One U-Net level: downsample, run `submodule`, upsample, and concatenate with the input.
 
     |-- downsampling -- |submodule| -- upsampling --|
     The outermost level returns the upsampled output without the skip connection.
+    `upsample` is "transpose" (the reference's 4x4 stride-2 transposed conv) or "resize"
+    (nearest-neighbour 2x, then a 3x3 conv: no checkerboard artifacts, Odena et al. 2016).
     """
 
     def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None,
-                 outermost=False, innermost=False, norm_layer=nn.BatchNorm2d, use_dropout=False):
+                 outermost=False, innermost=False, norm_layer=nn.BatchNorm2d, use_dropout=False,
+                 upsample="transpose"):
         super().__init__()
         self.outermost = outermost
         use_bias = _uses_bias(norm_layer)
@@ -59,18 +74,16 @@ class UnetSkipConnectionBlock(nn.Module):
         # the innermost level has no submodule, so nothing is concatenated before its upconv
         up_in = inner_nc if innermost else inner_nc * 2
 
+        upconv = upsampling(upsample, up_in, outer_nc, bias=True if outermost else use_bias)
         if outermost:
-            upconv = nn.ConvTranspose2d(up_in, outer_nc, kernel_size=4, stride=2, padding=1)
             down = [downconv]
-            up = [uprelu, upconv, nn.Tanh()]
+            up = [uprelu, *upconv, nn.Tanh()]
         elif innermost:
-            upconv = nn.ConvTranspose2d(up_in, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
             down = [downrelu, downconv]
-            up = [uprelu, upconv, upnorm]
+            up = [uprelu, *upconv, upnorm]
         else:
-            upconv = nn.ConvTranspose2d(up_in, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
             down = [downrelu, downconv, downnorm]
-            up = [uprelu, upconv, upnorm]
+            up = [uprelu, *upconv, upnorm]
             if use_dropout:
                 up = up + [nn.Dropout(0.5)]
         middle = [] if innermost else [submodule]
@@ -85,7 +98,8 @@ class UnetSkipConnectionBlock(nn.Module):
 class UnetGenerator(nn.Module):
     """U-Net with `num_downs` downsamplings: a 2**num_downs image reaches 1x1 at the bottleneck."""
 
-    def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False):
+    def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False,
+                 upsample="transpose"):
         super().__init__()
         if num_downs < 1:
             raise ValueError(f"num_downs must be >= 1, got {num_downs}")
@@ -104,6 +118,7 @@ class UnetGenerator(nn.Module):
                 innermost=i == num_downs - 1,
                 norm_layer=norm_layer,
                 use_dropout=use_dropout and 4 <= i < num_downs - 1,
+                upsample=upsample,
             )
         self.model = block
 
@@ -260,8 +275,10 @@ class PixelDiscriminator(nn.Module):
 # builders and init
 
 
-def build_generator(netG, input_nc, output_nc, ngf=64, norm="batch", use_dropout=False, size=None):
-    """Generator by name: 'unet_N', 'auto' (U-Net as deep as `size` allows), 'resnet_9blocks', 'resnet_6blocks'."""
+def build_generator(netG, input_nc, output_nc, ngf=64, norm="batch", use_dropout=False, size=None,
+                    upsample="transpose"):
+    """Generator by name: 'unet_N', 'auto' (U-Net as deep as `size` allows), 'resnet_9blocks', 'resnet_6blocks'.
+    `upsample` (U-Nets only): 'transpose' (the reference) or 'resize' (resize-convolution)."""
     norm_layer = get_norm_layer(norm)
     if netG == "resnet_9blocks" or netG == "resnet_6blocks":
         n_blocks = 9 if netG == "resnet_9blocks" else 6
@@ -271,7 +288,8 @@ def build_generator(netG, input_nc, output_nc, ngf=64, norm="batch", use_dropout
         if size is not None and size % 2 ** depth != 0:
             raise ValueError(f"{netG} downsamples {depth} times, so the image size must be a multiple "
                              f"of {2 ** depth}; got {size} (use a smaller unet_N or netG 'auto')")
-        return UnetGenerator(input_nc, output_nc, depth, ngf, norm_layer=norm_layer, use_dropout=use_dropout)
+        return UnetGenerator(input_nc, output_nc, depth, ngf, norm_layer=norm_layer, use_dropout=use_dropout,
+                             upsample=upsample)
     raise ValueError(f"unknown generator {netG!r}: expected 'unet_N', 'auto', 'resnet_9blocks' or 'resnet_6blocks'")
 
 

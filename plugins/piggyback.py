@@ -21,10 +21,11 @@ from pbgan_core.layers import FilterConv, filters_of
 from pbgan_core.options import Option
 
 
-# The bank path runs two convolutions, a 1x1 mix and a concatenation where the dense path runs
-# one convolution: at equal multiply-adds it is slower (measured on CPU, benchmarks/piggyback_speed.py),
-# so it is taken only when it saves a clear share of the work.
-BANK_PATH_OVERHEAD = 1.5
+# The bank path writes and reads the basis (n channels) and concatenates the output, forward and
+# backward: memory-bound work that costs about this many multiply-adds per element moved (fitted to
+# per-layer timings on CPU; see BENCHMARKS.md). Without it, high-resolution layers took the bank
+# path for a small saving in multiply-adds and ran slower.
+BANK_ELEMENT_COST = 40
 # Default coefficient learning-rate multiplier (see PiggybackConv); measured best of 1, 10, 30,
 # 100, 300 and 1000 (BENCHMARKS.md). Tasks stored without the option were trained with 30.
 COEF_SCALE = 300.0
@@ -79,6 +80,7 @@ class PiggybackConv(FilterConv):
         noise; with a cold start it is the fresh initialization projected onto the bank.
         """
         b = bank.flatten(1).T.double()  # (c_in*k*k, n)
+        # gelsd (SVD): gelsy is several times faster but its result changed between two identical runs
         return torch.linalg.lstsq(b, target.flatten(1).T.double(), driver="gelsd").solution.to(bank.dtype)
 
     def coefficients(self) -> torch.Tensor:
@@ -92,20 +94,20 @@ class PiggybackConv(FilterConv):
         return torch.cat([self.free, piggy])
 
     def _bank_path_is_cheaper(self, x: torch.Tensor) -> bool:
-        """Compare multiply-adds of the two exact ways to compute the piggyback filters.
+        """Compare the costs of the two exact ways to compute the piggyback filters.
 
         dense: build coef.T @ bank every step (and its gradient), then one conv;
         bank:  convolve with the frozen bank (no weight gradient), then mix channels 1x1.
+        Costs are multiply-adds, plus the bank path's memory traffic (BANK_ELEMENT_COST).
         """
         n, piggy = self.coef.shape
         fan_in = self.bank[0].numel()
         spatial_in = x.shape[0] * x.shape[-2] * x.shape[-1]
+        stride = self.stride[0] * self.stride[1]
         if self.transposed:
             per_filter = spatial_in * fan_in
-            stride = self.stride[0] * self.stride[1]
             spatial_out = spatial_in * stride
         else:
-            stride = self.stride[0] * self.stride[1]
             spatial_out = spatial_in // stride
             per_filter = spatial_out * fan_in
         grad = torch.is_grad_enabled() and self.coef.requires_grad
@@ -113,21 +115,21 @@ class PiggybackConv(FilterConv):
         dense = (2 if grad else 1) * n * piggy * fan_in + conv_passes * per_filter * self.out_filters
         bank = ((2 if grad else 1) * per_filter * n + conv_passes * per_filter * self.free_count
                 + conv_passes * spatial_out * n * piggy)
-        return BANK_PATH_OVERHEAD * bank < dense
+        traffic = spatial_out * (n + 2 * self.out_filters) * (2 if grad else 1)
+        return bank + BANK_ELEMENT_COST * traffic < dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.coef is not None and self._bank_path_is_cheaper(x):
-            free = self.conv(x, self.free)
-            basis = self.conv(x, self.bank)
-            if self.mix_free:
-                basis = torch.cat([basis, free], dim=1)
-            piggy = F.conv2d(basis, self.coefficients().T[:, :, None, None])
-            y = torch.cat([free, piggy], dim=1)
-        else:
-            y = self.conv(x, self.filters())
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y
+        if self.coef is None or not self._bank_path_is_cheaper(x):
+            return self.conv(x, self.filters(), self.bias)
+        bias = (None, None) if self.bias is None else (self.bias[: self.free_count], self.bias[self.free_count:])
+        free = self.conv(x, self.free, None if self.mix_free else bias[0])
+        basis = self.conv(x, self.bank)
+        if self.mix_free:  # the basis holds the free filters' responses before their bias
+            basis = torch.cat([basis, free], dim=1)
+            if bias[0] is not None:
+                free = free + bias[0].view(1, -1, 1, 1)
+        piggy = F.conv2d(basis, self.coefficients().T[:, :, None, None], bias[1])
+        return torch.cat([free, piggy], dim=1)
 
     def extra_repr(self) -> str:
         n = 0 if self.coef is None else self.bank.shape[0]

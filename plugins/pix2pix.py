@@ -13,7 +13,8 @@ from pbgan_core.options import Option
 from pbgan_core.plugins import get_plugins
 
 from .losses import gradient_penalty
-from .networks import build_discriminator, build_generator, check_discriminator_size, init_weights, unet_depth
+from .networks import (UPSAMPLING, build_discriminator, build_generator, check_discriminator_size, init_weights,
+                       unet_depth)
 
 
 def reference_lr_rule(opts: Mapping[str, Any]):
@@ -83,6 +84,8 @@ class Pix2Pix(Architecture):
     options = (
         Option("netG", "auto", "generator: unet_N (N a power of two) or auto (follows --size)"),
         *GENERATOR_OPTIONS,
+        Option("upsample", "transpose", "U-Net upsampling: transpose (the reference's transposed convs) or resize "
+               "(nearest 2x + 3x3 conv: no checkerboard artifacts)", choices=UPSAMPLING),
         *DISCRIMINATOR_OPTIONS,
         Option("gan-mode", "vanilla", "adversarial loss", choices=("vanilla", "lsgan", "hinge", "wgangp")),
         Option("lambda-l1", 100.0, "weight of the L1 loss"),
@@ -94,7 +97,8 @@ class Pix2Pix(Architecture):
             raise PbganError(f"pix2pix needs a U-Net generator (unet_N or auto), got --netG {netG}")
         try:
             unet_depth(netG, opts["size"])
-            net = build_generator(netG, 3, 3, opts["ngf"], opts["norm"], not opts["no_dropout"], opts["size"])
+            net = build_generator(netG, 3, 3, opts["ngf"], opts["norm"], not opts["no_dropout"], opts["size"],
+                                  opts.get("upsample", "transpose"))
         except ValueError as exc:
             raise PbganError(f"--netG {netG} at --size {opts['size']}: {exc}") from None
         return {"G": init_weights(net, opts["init_type"])}

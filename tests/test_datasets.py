@@ -228,6 +228,18 @@ def test_derived_grayscale_blur_noise(tmp_path):
     assert not torch.equal(a - noisy[1]["B"], noisy[0]["A"] - noisy[0]["B"])
 
 
+def test_derived_pixelate_dark_negative(tmp_path):
+    photos(tmp_path, 1)
+    item = {k: ds.DerivedDataset().build(tmp_path, "train", opts(32, derive=k), False)[0]
+            for k in ("pixelate", "dark", "negative")}
+    blocks = item["pixelate"]["A"]
+    assert torch.equal(blocks, blocks[:, ::4, ::4].repeat_interleave(4, 1).repeat_interleave(4, 2))  # 4x4 blocks
+    assert not torch.equal(blocks, item["pixelate"]["B"])
+    photo = item["dark"]["B"]
+    assert (item["dark"]["A"] <= photo + 1e-6).all() and item["dark"]["A"].mean() < photo.mean() - 0.3
+    assert torch.allclose(item["negative"]["A"], -photo, atol=1e-6)
+
+
 def test_derived_edges_dark_lines_on_white(tmp_path):
     photos(tmp_path, 2, size=64)
     item = ds.DerivedDataset().build(tmp_path, "train", opts(64), False)[0]  # default: edges

@@ -95,6 +95,31 @@ def test_unet_auto_forward_32px():
     assert y.abs().max() <= 1.0  # tanh
 
 
+def test_resize_upsampling_replaces_every_transposed_conv():
+    reference = build_generator("auto", 3, 3, ngf=4, size=32)
+    resize = build_generator("auto", 3, 3, ngf=4, size=32, upsample="resize")
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in reference.modules()) == 5  # the default is the reference
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in resize.modules())
+    assert sum(isinstance(m, nn.Upsample) for m in resize.modules()) == 5
+    assert resize(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="unknown upsampling 'pixelshuffle'"):
+        build_generator("auto", 3, 3, ngf=4, size=32, upsample="pixelshuffle")
+
+
+def test_resize_upsampling_has_no_checkerboard():
+    """A constant feature map stays constant through nearest resize + conv; a stride-2 transposed conv
+    gives its pixels different sums of kernel taps (the checkerboard)."""
+    torch.manual_seed(0)
+    x = torch.ones(1, 4, 8, 8)
+    from pbgan_plugins.networks import upsampling
+
+    transposed = upsampling("transpose", 4, 4, bias=False)[0]
+    resize = nn.Sequential(*upsampling("resize", 4, 4, bias=False))
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # away from the zero padding
+    assert transposed(x)[inner].std((2, 3)).max() > 1e-3
+    assert resize(x)[inner].std((2, 3)).max() < 1e-6
+
+
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_shallow_unet_forward(depth):
     net = UnetGenerator(3, 3, depth, ngf=4, norm_layer=get_norm_layer("instance"))
