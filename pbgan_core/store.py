@@ -36,7 +36,9 @@ from .tensorfile import save_bytes
 # Options that shape a task's function, by the manifest format that added them, with the value every
 # task written in an earlier format had: a stored task never takes a default of the running version.
 OPTIONS_ADDED = {
-    2: {"coef_scale": 1.0},  # piggyback coefficients were not rescaled before --coef-scale
+    # piggyback before format 2: coefficients not rescaled (tasks written before --coef-scale lack
+    # it), free filters copied from the previous task, every layer's share of free filters alike
+    2: {"coef_scale": 1.0, "free_init": "copy", "free_last": False, "mix_free": False, "allocation": "uniform"},
 }
 MODEL_DIR_ENV = "PBGAN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "pbgan-model"

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import kornia
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from pbgan_core.errors import PbganError

@@ -27,7 +27,8 @@ from pbgan_core.options import Option
 # path for a small saving in multiply-adds and ran slower.
 BANK_ELEMENT_COST = 40
 # Default coefficient learning-rate multiplier (see PiggybackConv); measured best of 1, 10, 30,
-# 100, 300 and 1000 (BENCHMARKS.md). Tasks stored without the option were trained with 30.
+# 100, 300 and 1000 (BENCHMARKS.md). Entries written before an option existed get the value it
+# had then from the store (store.OPTIONS_ADDED); these fallbacks are for options passed in code.
 COEF_SCALE = 300.0
 STORED_COEF_SCALE = 30.0
 # --allocation small-free: layers with at most this share of the largest layer's filter weights

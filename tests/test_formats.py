@@ -8,6 +8,7 @@ import pbgan_core.store as store_module
 from pbgan_core.engine import probe_task
 from pbgan_core.plugins import get_plugins
 from pbgan_core.store import FORMAT, ModelStore, stored_options
+from pbgan_plugins.piggyback import COEF_SCALE
 from tests.conftest import FACADES, TINY, needs_data, one_line_error
 
 # Two tiny piggyback tasks written by pbgan before --coef-scale existed (manifest format 1),
@@ -43,7 +44,7 @@ def test_new_entries_record_their_format(cli, tmp_path):
     cli("train", "--arch", "pix2pix", "--task", "t", "--data", data, "--size", 8, "--ngf", 2, "--ndf", 2,
         "--netD", "pixel", "--steps", 1, "--eval-images", 1, "--model-dir", model)
     entry = ModelStore(model).task("t")
-    assert entry["format"] == FORMAT and entry["options"]["coef_scale"] == 30.0
+    assert entry["format"] == FORMAT and entry["options"]["coef_scale"] == COEF_SCALE
 
 
 @needs_data(FACADES)
