@@ -73,6 +73,9 @@ def export(store: ModelStore, plugins, name: str, fmt: str, out: Path, force: bo
                              f"reference's names (latest_net_G.pth; CycleGAN: latest_net_G_A.pth and "
                              f"latest_net_G_B.pth); give a folder, not {out}")
         refuse_inside_model(out, store.root)
+        if store.task(name)["options"].get("upsample", "transpose") != "transpose":
+            raise PbganError(f"task {name!r} upsamples by resize-convolution, which the reference networks do not "
+                             "have: its state dict would not load there; export it with --format torchscript or onnx")
         entry, generators = load_generators(store, plugins, name)
         files = state_dict_files(entry, generators, name, out)
     else:

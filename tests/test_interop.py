@@ -120,3 +120,15 @@ def test_import_needs_an_empty_model(cli, tmp_path):
     _, _, err = cli("import", "--arch", "pix2pix", "--task", "again", "--data", FACADES, "--direction", "BtoA",
                     tmp_path / "latest_net_G.pth", "--model-dir", model, expect=1)
     assert "has tasks already" in one_line_error(err)
+
+
+@needs_data(FACADES)
+def test_export_state_dict_refuses_resize_upsampling(cli, tmp_path):
+    model = tmp_path / "m"
+    cli("train", "--arch", "pix2pix", "--task", "resized", "--data", FACADES, "--direction", "BtoA", "--steps", 1,
+        "--upsample", "resize", "--model-dir", model, *TINY)
+    _, _, err = cli("export", "--task", "resized", "--format", "state-dict", tmp_path / "out", "--model-dir", model,
+                    expect=1)
+    assert "resize-convolution" in one_line_error(err) and not (tmp_path / "out").exists()
+    cli("export", "--task", "resized", "--format", "torchscript", tmp_path / "G.pt", "--model-dir", model)
+    assert (tmp_path / "G.pt").stat().st_size > 0
