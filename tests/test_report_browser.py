@@ -62,13 +62,13 @@ def test_report_renders_in_headless_chromium(two_tasks, tmp_path):  # noqa: F811
 
     sources = {img["src"] for img in found["images"]}
     assert {"matrix.png", "params.png"} <= sources
-    assert {f"samples of {name}" for name in ("facades", "shoes")} <= {img["alt"] for img in found["images"]}
+    assert {f"condition, output and target of {name}" for name in ("facades", "shoes")} <= {img["alt"] for img in found["images"]}
     for img in found["images"]:
         assert img["loaded"], f"{img['src']} did not load"
         assert img["shown"][0] > 0 and img["shown"][1] > 0, f"{img['src']} takes no room on the page"
     heatmap = next(img for img in found["images"] if img["src"] == "matrix.png")
     assert heatmap["natural"][0] > 100 and heatmap["natural"][1] > 60
-    strips = [img for img in found["images"] if img["alt"].startswith("samples of")]
+    strips = [img for img in found["images"] if img["alt"].startswith("condition, output and target of")]
     assert all(img["natural"][0] == 3 * 32 and img["natural"][1] == 2 * 32 for img in strips)  # cond | out | target
     assert len(found["tables"]) >= 2
     assert all(t["rows"] >= 2 and t["shown"][0] > 0 and t["shown"][1] > 0 for t in found["tables"])
