@@ -178,21 +178,30 @@ class Model:
         return Task.from_entry(self.store.task(name))
 
     # --- generators ---------------------------------------------------------------
-    def _generator(self, task: str, direction: str | None, device: str | torch.device, protocol: str,
-                   lazy: bool) -> tuple[dict[str, Any], nn.Module]:
-        """The task's generator from the cache, loaded on a miss (factorized if `lazy`), and
-        materialized when a factorized one is asked for again without `lazy`."""
+    def _resolve(self, task: str, direction: str | None, device: str | torch.device,
+                 protocol: str) -> tuple[dict[str, Any], tuple]:
+        """The task's entry (with the direction asked for) and its generator's cache key
+        (task, generator name, device, protocol)."""
         check_protocol(protocol)
         entry = self.store.task(task)
         direction = direction or entry["direction"]
         if direction not in DIRECTIONS:
             raise UsageError(f"--direction must be AtoB or BtoA, got {direction!r}")
         name = self.plugins.architectures.get(entry["arch"]).generator_for(direction)
-        device = pick_device(str(device))
-        key = (entry["name"], name, str(device), protocol)
+        return {**entry, "direction": direction}, (entry["name"], name, str(pick_device(str(device))), protocol)
+
+    def _generator(self, task: str, direction: str | None, device: str | torch.device, protocol: str,
+                   lazy: bool | None) -> tuple[dict[str, Any], str, nn.Module]:
+        """The task's entry, generator name and generator from the cache, loaded on a miss
+        (factorized if `lazy`; None: factorized on first use only), and materialized when a
+        factorized one is asked for again without `lazy`."""
+        entry, key = self._resolve(task, direction, device, protocol)
+        name = key[1]
         gen = self.cache.get(key)
+        if lazy is None:
+            lazy = gen is None
         if gen is None:
-            _, generators = load_generators(self.store, self.plugins, entry["name"], device, materialize=not lazy)
+            _, generators = load_generators(self.store, self.plugins, entry["name"], key[2], materialize=not lazy)
             gen = self.cache.put(key, generators[name])
             (self._unmaterialized.add if lazy else self._unmaterialized.discard)(key)
         if not lazy and key in self._unmaterialized:
@@ -200,13 +209,13 @@ class Model:
             _own_tensors(gen)
             self.cache.put(key, gen)
             self._unmaterialized.discard(key)
-        return {**entry, "direction": direction}, gen
+        return entry, name, gen
 
     def generator(self, task: str, direction: str | None = None, device: str | torch.device = "cpu",
                   protocol: str = DEFAULT_PROTOCOL) -> nn.Module:
         """The task's generator as a plain dense nn.Module on `device` under the test-time
         `protocol`. It is the model's cached instance: deep-copy it before changing it."""
-        return self._generator(task, direction, device, protocol, lazy=False)[1]
+        return self._generator(task, direction, device, protocol, lazy=False)[2]
 
     @torch.no_grad()
     def translate(self, task: str, image: ImageLike, direction: str | None = None, aligned: bool = False,
@@ -214,10 +223,8 @@ class Model:
         """Run a task on one image: a tensor (3, H, W) or a batch (N, 3, H, W) in [-1, 1] gives a
         tensor back; a PIL image or an image file gives a PIL image (the pixels `pbgan generate`
         writes). Inputs are resized to the task's size; `aligned` takes an A|B file's condition half."""
-        first_use = self._cache_key(task, direction, device, protocol) not in self.cache
-        entry, gen = self._generator(task, direction, device, protocol, lazy=first_use)
+        entry, gname, gen = self._generator(task, direction, device, protocol, lazy=None)
         size = int(entry["options"]["size"])
-        gname = self.plugins.architectures.get(entry["arch"]).generator_for(entry["direction"])
         if isinstance(image, torch.Tensor):
             if image.dim() not in (3, 4) or image.shape[-3] != 3:
                 raise PbganError(f"translate expects a (3, H, W) or (N, 3, H, W) tensor, got {tuple(image.shape)}")
@@ -234,11 +241,6 @@ class Model:
         y = translate(gen, x[None].to(gen_device(gen)), protocol, [image_seed(entry["name"], gname, name)])
         return to_pil(y[0])
 
-    def _cache_key(self, task: str, direction: str | None, device: str | torch.device, protocol: str) -> tuple:
-        entry = self.store.task(task)
-        name = self.plugins.architectures.get(entry["arch"]).generator_for(direction or entry["direction"])
-        return entry["name"], name, str(pick_device(str(device))), protocol
-
     def generate(self, task: str, source: str | Path, output: str | Path, direction: str | None = None,
                  aligned: bool = False, device: str | torch.device = "cpu", protocol: str = DEFAULT_PROTOCOL,
                  force: bool = False) -> list[Path]:
@@ -247,8 +249,7 @@ class Model:
         if direction is not None and direction not in DIRECTIONS:
             raise UsageError(f"--direction must be AtoB or BtoA, got {direction!r}")
         targets = plan_outputs(Path(source), Path(output), self.root, force)  # before the model is read
-        entry, gen = self._generator(task, direction, device, protocol, lazy=False)
-        gname = self.plugins.architectures.get(entry["arch"]).generator_for(entry["direction"])
+        entry, gname, gen = self._generator(task, direction, device, protocol, lazy=False)
         return generate(gen, int(entry["options"]["size"]), entry["direction"], targets, aligned, gen_device(gen),
                         force, protocol, (entry["name"], gname))
 
