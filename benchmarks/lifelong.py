@@ -1,30 +1,38 @@
-"""Lifelong benchmark: one task sequence, every sharing method, same steps and seed.
+"""Lifelong benchmark: one task sequence, every sharing method, same steps and seeds.
 
     facades (labels -> photo, BtoA) -> edges2shoes (edges -> photo, BtoA) -> facades-gray
-    (grayscale facades photo -> colour photo, derived from the photo half A)
+    (grayscale facades photo -> colour photo, derived from the photo half A) -> shoes-deblur
+    (blurred shoe photo -> sharp photo) -> facades-edges (edge map of a facade photo -> photo)
+
+`--tasks 3` runs the first three only.
 
 Each method trains the whole sequence in its own model directory through the same engine
 (`--factorizer NAME`). One table: final PSNR/SSIM/L1 per task, forgetting, total stored
 parameters and their ratio to one standalone generator, and training time relative to the
 standalone method (or to piggyback when standalone is not installed). A second table gives each
 later task's SSIM, PSNR and stored parameters as ratios to `standalone-warm`, the warm full copy
-(`--factorizer standalone --init warm`: a whole generator per task, fine-tuned from the latest).
+(`--factorizer standalone --init warm`: a whole generator per task, fine-tuned from the latest),
+as the mean over `--seeds` and per seed; a fourth gives every method's stored parameters after
+each stage as a multiple of one standalone generator.
 A third scores every final task on its held-out split under each test-time protocol (`--protocols`).
 
     python benchmarks/lifelong.py --size 64 --steps 300 --ngf 32 --eval-images 32
+    python benchmarks/lifelong.py --size 32 --ngf 16 --steps 1000 --seeds 0 1 2 \
+        --methods standalone-warm,piggyback --protocols eval
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from pbgan_core.engine import TrainRequest, evaluate_task, train_task
+from pbgan_core.engine import TrainRequest, evaluate_task, probe_task, train_task
 from pbgan_core.plugins import get_plugins
 from pbgan_core.protocol import PROTOCOLS, check_protocol
 from pbgan_core.report import forgetting, stage_matrix
@@ -44,22 +52,26 @@ def sequence(data: Path) -> list[dict]:
         dict(task="edges2shoes", data=data / "edges2shoes", direction="BtoA", dataset="aligned", extra={}),
         dict(task="facades-gray", data=data / "facades", direction="AtoB", dataset="derived",
              extra={"derive": "grayscale", "half": "A"}),
+        dict(task="shoes-deblur", data=data / "edges2shoes", direction="AtoB", dataset="derived",
+             extra={"derive": "blur", "blur_sigma": 1.0, "half": "A"}),
+        dict(task="facades-edges", data=data / "facades", direction="AtoB", dataset="derived",
+             extra={"derive": "edges", "half": "A"}),
     ]
 
 
-def run_method(method: str, args, root: Path) -> dict:
+def run_method(method: str, args, root: Path, seed: int) -> dict:
     plugins = get_plugins()
-    model_dir = root / method
+    model_dir = root / (method if len(args.seeds) == 1 else f"{method}-seed{seed}")
     shutil.rmtree(model_dir, ignore_errors=True)
     factorizer, options = NAMED.get(method, (method, {}))
     common = {"ngf": args.ngf, "ndf": args.ngf, "eval_images": args.eval_images, "max_images": args.max_images,
               **options}
     started = time.perf_counter()
-    for spec in sequence(args.data):
-        torch.manual_seed(args.seed)
+    for spec in sequence(args.data)[: args.tasks]:
+        torch.manual_seed(seed)
         request = TrainRequest(arch="pix2pix", task=spec["task"], data=spec["data"], model_dir=model_dir,
                                direction=spec["direction"], size=args.size, steps=args.steps,
-                               factorizer=factorizer, dataset=spec["dataset"], device=args.device, seed=args.seed,
+                               factorizer=factorizer, dataset=spec["dataset"], device=args.device, seed=seed,
                                extra={**common, **spec["extra"]})
         entry = train_task(request, plugins)
         print(f"  {method}: {entry['name']} done, metrics {entry['metrics']}", flush=True)
@@ -75,9 +87,12 @@ def run_method(method: str, args, root: Path) -> dict:
                                                   args.eval_images, p) for t in store.tasks}
                    for p in args.protocols}
     return {
-        "method": method, "final": final, "forgetting": drops, "protocols": by_protocol,
+        "method": method, "seed": seed, "final": final, "forgetting": drops, "protocols": by_protocol,
         "stored": sum(t["params"]["stored"] for t in store.tasks),
         "stored_per_task": {t["name"]: t["params"]["stored"] for t in store.tasks},
+        "stored_per_stage": [sum(t["params"]["stored"] for t in store.tasks[: k + 1]) for k in range(len(store.tasks))],
+        # every task's outputs still bit-identical to those recorded when it was committed
+        "unchanged": all(probe_task(store, plugins, t["name"]) == t["probe_sha256"] for t in store.tasks),
         "standalone": store.tasks[0]["params"]["standalone"],
         "train_seconds": sum(t["train"]["seconds"] for t in store.tasks), "wall_seconds": wall,
     }
@@ -119,18 +134,44 @@ def protocol_table(results: list[dict]) -> str:
 
 
 def ratio_table(results: list[dict]) -> str:
-    """Each later task's final quality and stored parameters as ratios to the warm full copy's."""
-    base = next((r for r in results if r["method"] == BASELINE), None)
-    if base is None:
+    """Each later task's final quality and stored parameters as ratios to the warm full copy's:
+    mean over seeds (ratio of the means) and per seed (ratio to the warm copy of the same seed)."""
+    base = [r for r in results if r["method"] == BASELINE]
+    if not base:
         return f"(no ratio table: {BASELINE} was not run)"
-    lines = [f"later tasks against {BASELINE} (the warm full copy), same steps and seed",
-             "| method | task | SSIM ratio | PSNR ratio | stored params ratio |", "|---|---|---|---|---|"]
+    seeds = sorted({r["seed"] for r in results})
+    by_seed = {r["seed"]: r for r in base}
+
+    def mean(rows, task, metric):
+        return statistics.fmean(r["final"][task][metric] for r in rows)
+
+    lines = [f"later tasks against {BASELINE} (the warm full copy), same steps and seeds {seeds}",
+             "| method | task | SSIM ratio | PSNR ratio | SSIM ratio per seed | PSNR ratio per seed "
+             "| stored params ratio | forgetting (max over seeds) | bit-identical |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in results):
+        rows = [r for r in results if r["method"] == method]
+        for task in list(rows[0]["final"])[1:]:
+            per = {m: " ".join(f"{r['final'][task][m] / by_seed[r['seed']]['final'][task][m]:.3f}"
+                               for r in rows if r["seed"] in by_seed) for m in ("ssim", "psnr")}
+            stored = rows[0]["stored_per_task"][task] / base[0]["stored_per_task"][task]
+            drops = [abs(r["forgetting"][m][task] or 0.0) for r in rows for m in ("ssim", "psnr", "l1")]
+            lines.append(f"| {method} | {task} | {mean(rows, task, 'ssim') / mean(base, task, 'ssim'):.3f} | "
+                         f"{mean(rows, task, 'psnr') / mean(base, task, 'psnr'):.3f} | {per['ssim']} | {per['psnr']} | "
+                         f"{stored:.3f} | {max(drops):.4f} | {'yes' if all(r['unchanged'] for r in rows) else 'NO'} |")
+    return "\n".join(lines)
+
+
+def stage_table(results: list[dict]) -> str:
+    """Stored parameters of the whole model after each stage, as a multiple of one standalone generator."""
+    first = {}
     for r in results:
-        for task in list(r["final"])[1:]:
-            ours, theirs = r["final"][task], base["final"][task]
-            stored = r["stored_per_task"][task] / base["stored_per_task"][task]
-            lines.append(f"| {r['method']} | {task} | {ours['ssim'] / theirs['ssim']:.3f} | "
-                         f"{ours['psnr'] / theirs['psnr']:.3f} | {stored:.3f} |")
+        first.setdefault(r["method"], r)
+    tasks = list(next(iter(first.values()))["final"])
+    lines = ["stored parameters after each stage, x one standalone generator",
+             "| method | " + " | ".join(f"after {t}" for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for method, r in first.items():
+        lines.append(f"| {method} | " + " | ".join(f"{s / r['standalone']:.3f}" for s in r["stored_per_stage"]) + " |")
     return "\n".join(lines)
 
 
@@ -145,8 +186,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=None, help="model directories [default: a temp folder]")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of the sequence per seed")
+    parser.add_argument("--tasks", type=int, default=5, choices=(2, 3, 4, 5), help="length of the task sequence")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the results here; results already in it are kept and not rerun")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="test-time protocols of the final scores")
     args = parser.parse_args()
     args.protocols = [check_protocol(p.strip()) for p in args.protocols.split(",") if p.strip()]
@@ -160,16 +203,25 @@ def main() -> None:
     if not methods:
         raise SystemExit("no requested method is installed; see `pbgan list-plugins`")
     root = args.out or Path(tempfile.mkdtemp(prefix="pbgan-bench-"))
-    results = []
-    for method in methods:
-        results.append(run_method(method, args, root))
-        if args.json:  # after every method, so a long run keeps what it finished
-            args.json.write_text(json.dumps(results, indent=2))
-    print(table(results))
+    # a --json file from an earlier run with the same settings: its results are kept, not rerun
+    results = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
+    done = {(r["method"], r.get("seed", 0)) for r in results}
+    for seed in args.seeds:
+        for method in methods:
+            if (method, seed) in done:
+                continue
+            results.append(run_method(method, args, root, seed))
+            if args.json:  # after every run, so a long benchmark keeps what it finished
+                args.json.write_text(json.dumps(results, indent=2))
+    results = [r for r in results if r["seed"] in args.seeds and r["method"] in methods]
+    print(f"seed {args.seeds[0]}:")
+    print(table([r for r in results if r["seed"] == args.seeds[0]]))
+    print()
+    print(stage_table(results))
     print()
     print(ratio_table(results))
     print()
-    print(protocol_table(results))
+    print(protocol_table([r for r in results if r["seed"] == args.seeds[0]]))
 
 
 if __name__ == "__main__":

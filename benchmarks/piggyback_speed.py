@@ -71,7 +71,7 @@ def task2(size: int, ngf: int, lam: float, device: torch.device, path: str = "au
     bank = {p: m.weight.detach().transpose(0, 1) if isinstance(m, torch.nn.ConvTranspose2d) else m.weight.detach()
             for p, m in first.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))}
     gen = unet(size, ngf)
-    PiggybackFactorizer().wrap(gen, bank, {"lambda": lam}, initialize=False)
+    PiggybackFactorizer().wrap(gen, bank, {"lambda": lam, "allocation": "uniform"}, initialize=False)
     for m in gen.modules():
         if isinstance(m, PiggybackConv) and m.coef is not None:
             torch.nn.init.normal_(m.coef, std=1 / math.sqrt(m.coef.shape[0]))
@@ -90,7 +90,7 @@ def parameter_growth(size: int, ngf: int, lam: float, tasks: int) -> list[float]
     for _ in range(tasks):
         with torch.device("meta"):
             gen = unet(size, ngf)
-            fac.wrap(gen, bank, {"lambda": lam}, initialize=False)
+            fac.wrap(gen, bank, {"lambda": lam, "allocation": "uniform"}, initialize=False)
         ratios.append(fac.stored_parameters(gen) / standalone)
         _, added = fac.split(gen)
         bank = {k: torch.cat([bank[k], v]) if k in bank else v for k, v in added.items()}
@@ -101,7 +101,7 @@ def store_tasks(root: Path, size: int, ngf: int, names=("t1", "t2"), lam: float 
     """A model directory of unet tasks with random weights, stored as training stores them."""
     fac = PiggybackFactorizer()
     opts = {"netG": "auto", "size": size, "ngf": ngf, "norm": "batch", "no_dropout": False, "init_type": "normal",
-            "lambda": lam}
+            "lambda": lam, "allocation": "uniform"}
     store = ModelStore(root)
     with store.transaction():
         bank = store.load_bank()

@@ -39,6 +39,8 @@ OPTIONS_ADDED = {
     # piggyback before format 2: coefficients not rescaled (tasks written before --coef-scale lack
     # it), free filters copied from the previous task, every layer's share of free filters alike
     2: {"coef_scale": 1.0, "free_init": "copy", "free_last": False, "mix_free": False, "allocation": "uniform"},
+    # piggyback --allocation small-free before format 3 stored what --lambda in every layer would
+    3: {"budget": 0.0},
 }
 MODEL_DIR_ENV = "PBGAN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "pbgan-model"

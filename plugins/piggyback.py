@@ -28,12 +28,12 @@ from pbgan_core.options import Option
 BANK_ELEMENT_COST = 40
 # Default coefficient learning-rate multiplier (see PiggybackConv); measured best of 1, 10, 30,
 # 100, 300 and 1000 (BENCHMARKS.md). Entries written before an option existed get the value it
-# had then from the store (store.OPTIONS_ADDED); these fallbacks are for options passed in code.
+# had then from the store (store.OPTIONS_ADDED); options missing in code get the defaults below.
 COEF_SCALE = 300.0
-STORED_COEF_SCALE = 30.0
 # --allocation small-free: layers with at most this share of the largest layer's filter weights
-# are fully free (see free_shares).
+# are fully free (see free_shares), and a later task stores this share of a standalone generator.
 SMALL_LAYER_SHARE = 1 / 8
+BUDGET = 0.3
 
 
 class PiggybackConv(FilterConv):
@@ -153,15 +153,18 @@ class PiggybackFactorizer(FilterConvFactorizer):
     bank_layer = PiggybackConv
     description = "Piggyback GAN: bank-filter combinations plus a few free filters per layer (zero forgetting)"
     options = (
-        Option("lambda", 0.25, "share of each layer's filters that are new free filters in later tasks"),
+        Option("lambda", 0.25, "with --allocation uniform: share of each layer's filters that are new free "
+               "filters in later tasks"),
         Option("free-last", True, "keep the generator's output layer fully free (its few filters save little; "
                "--no-free-last for the paper's setting)"),
         Option("coef-scale", COEF_SCALE, "learning-rate multiplier of the piggyback coefficients (a reparametrization)"),
         Option("mix-free", False, "piggyback filters also combine the task's own free filters, not only the "
                "bank's (adds free x piggyback coefficients per layer)"),
-        Option("allocation", "uniform", "where free filters go: uniform (the --lambda share in every layer, as in "
-               "the paper) or small-free (small layers fully free, the others share the rest of the same "
-               "stored-parameter budget)", choices=("uniform", "small-free")),
+        Option("allocation", "small-free", "where free filters go: small-free (small layers fully free, the others "
+               "one common share that fills --budget) or uniform (the --lambda share in every layer, as in the paper)",
+               choices=("small-free", "uniform")),
+        Option("budget", BUDGET, "with --allocation small-free: a later task's stored parameters as a share of a "
+               "standalone generator (0: what --lambda in every layer would store)"),
         Option("free-init", "fresh", "how a later task's free filters start: fresh (random, at the layer's filter "
                "scale) or copy (the latest task's first filters, which the bank already holds)",
                choices=("fresh", "copy")),
@@ -169,62 +172,84 @@ class PiggybackFactorizer(FilterConvFactorizer):
 
     def wrap(self, generator: nn.Module, bank: dict[str, torch.Tensor], opts: Mapping[str, Any],
              initialize: bool = True) -> nn.Module:
-        lam = float(opts.get("lambda", 0.25))
+        opts = {**{o.key: o.default for o in self.options}, **opts}
+        lam = float(opts["lambda"])
         if not 0.0 < lam <= 1.0:
             raise PbganError(f"--lambda must be in (0, 1], got {lam}")
         convs = [path for path, _ in iter_convs(generator)]
         last = convs[-1] if convs else None
-        free_last = bool(opts.get("free_last", False))
-        coef_scale = float(opts.get("coef_scale", STORED_COEF_SCALE))
+        free_last = bool(opts["free_last"])
+        coef_scale = float(opts["coef_scale"])
         if coef_scale <= 0:
             raise PbganError(f"--coef-scale must be positive, got {coef_scale}")
         if bank and set(bank) != set(convs):
             raise PbganError("the generator's convolutions do not match the bank's layers: later tasks must "
                              "use the same generator (architecture, --netG, --ngf, --norm) as the first task")
 
-        mix_free = bool(opts.get("mix_free", False))
+        mix_free = bool(opts["mix_free"])
         shares = {path: lam for path in convs}
-        allocation = str(opts.get("allocation", "uniform"))
-        if bank and allocation != "uniform":
-            sizes = {path: (*filters_of(conv).flatten(1).shape, bank[path].shape[0])
-                     for path, conv in iter_convs(generator)}
-            shares = free_shares(sizes, lam, mix_free)
+        if bank and opts["allocation"] != "uniform":
+            shares = budget_shares(generator, bank, lam, float(opts["budget"]), mix_free)
 
         def make(path: str, conv: nn.Module) -> nn.Module:
             layer_bank = bank.get(path)
             if (path == last and free_last) or shares[path] >= 1.0:
                 layer_bank = None
             return WRAPPERS[type(conv)](conv, layer_bank, shares[path] if layer_bank is not None else 1.0, initialize,
-                                        coef_scale, str(opts.get("free_init", "copy")),
+                                        coef_scale, str(opts["free_init"]),
                                         mix_free)
 
         replace_modules(generator, lambda p, m: type(m) in WRAPPERS, make)
         return generator
 
 
-def free_shares(sizes: Mapping[str, tuple[int, int, int]], lam: float, mix_free: bool = False) -> dict[str, float]:
-    """Per layer, the share of its filters that are free, under the stored-parameter budget of
-    `lam` in every layer. `sizes`: layer -> (filters C, weights per filter D, bank filters n).
+def budget_shares(generator: nn.Module, bank: Mapping[str, torch.Tensor], lam: float, budget: float,
+                  mix_free: bool) -> dict[str, float]:
+    """--allocation small-free: each layer's share of free filters. The task stores `budget` of the
+    standalone generator's parameters (its biases and normalization layers included), or, with
+    budget 0, as many filter weights as `lam` in every layer would."""
+    sizes = {path: (*filters_of(conv).flatten(1).shape, bank[path].shape[0]) for path, conv in iter_convs(generator)}
+    if not budget:
+        return free_shares(sizes, sum(layer_cost(size, lam, mix_free) for size in sizes.values()), mix_free)
+    if not 0.0 < budget <= 1.0:
+        raise PbganError(f"--budget must be in (0, 1], got {budget}")
+    total = sum(p.numel() for p in generator.parameters())
+    others = total - sum(c * d for c, d, _ in sizes.values())  # biases, normalization: stored whole
+    shares = free_shares(sizes, budget * total - others, mix_free)
+    least = others + sum(layer_cost(size, shares[path], mix_free) for path, size in sizes.items())
+    if least > budget * total:
+        raise PbganError(f"--budget {budget} is below what this generator's task needs at least "
+                         f"({least / total:.3f} of a standalone generator, with one free filter in each large "
+                         f"layer); raise --budget or use --allocation uniform")
+    return shares
+
+
+def layer_cost(size: tuple[int, int, int], share: float, mix_free: bool = False) -> int:
+    """Stored filter weights of a layer (C filters of D weights, n bank filters) at a free share."""
+    c, d, n = size
+    u = min(c, math.ceil(share * c))
+    return u * d + (n + (u if mix_free else 0)) * (c - u)
+
+
+def free_shares(sizes: Mapping[str, tuple[int, int, int]], budget: float, mix_free: bool = False) -> dict[str, float]:
+    """Per layer, the share of its filters that are free, storing at most `budget` filter weights in
+    all. `sizes`: layer -> (filters C, weights per filter D, bank filters n).
 
     After a short unconstrained warm-up on a new task, most of every layer's filter change lies
     outside the bank's span, and the small outer layers (first, last, near the image) change the
-    most while costing the least: they are made fully free, and the large inner layers share
-    what is left of the budget with one common, smaller share.
+    most while costing the least: they are made fully free (as is any layer whose bank has at least as
+    many filters as a filter has weights), and the large inner layers share
+    what is left of the budget with one common, smaller share (at least one free filter each).
     """
-    def cost(path: str, share: float) -> int:
-        c, d, n = sizes[path]
-        u = min(c, math.ceil(share * c))
-        return u * d + (n + (u if mix_free else 0)) * (c - u)
-
-    budget = sum(cost(path, lam) for path in sizes)
     largest = max(c * d for c, d, _ in sizes.values())
-    small = {path for path, (c, d, _) in sizes.items() if c * d <= largest * SMALL_LAYER_SHARE}
+    # also free: layers whose bank has as many filters as a filter has weights (coefficients would cost more)
+    small = {path for path, (c, d, n) in sizes.items() if c * d <= largest * SMALL_LAYER_SHARE or n >= d}
     rest = [path for path in sizes if path not in small]
     left = budget - sum(c * d for path, (c, d, _) in sizes.items() if path in small)
-    lo, hi = 1e-9, lam  # the largest common share of the other layers that fits (at least one free filter)
+    lo, hi = 1e-9, 1.0  # the largest common share of the other layers that fits
     for _ in range(40):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if sum(cost(path, mid) for path in rest) <= left else (lo, mid)
+        lo, hi = (mid, hi) if sum(layer_cost(sizes[path], mid, mix_free) for path in rest) <= left else (lo, mid)
     return {path: 1.0 if path in small else lo for path in sizes}
 
 

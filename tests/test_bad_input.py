@@ -246,7 +246,7 @@ def task_name_a_number(tmp, model):
 
 def format_as_text(tmp, model):
     edit_manifest(model, lambda m: m.update(format="1"))
-    return ["tasks", "--model-dir", model], "field 'format' must be a whole number such as 2, got \"1\""
+    return ["tasks", "--model-dir", model], "field 'format' must be a whole number such as 3, got \"1\""
 
 
 def task_file_outside_the_model(tmp, model):
@@ -301,6 +301,14 @@ def generate_wrong_layout(tmp, model):
         "A|B side by side"
 
 
+def budget_below_the_generator(tmp, model):
+    return train(model, FACADES, "--budget", "0.05"), "--budget 0.05 is below"
+
+
+def budget_above_one(tmp, model):
+    return train(model, FACADES, "--budget", "1.5"), "--budget must be in (0, 1]"
+
+
 CASES = [read_only_output, corrupt_image, truncated_image, grayscale_images, rgba_images, sixteen_bit_images, tiny_images,
          non_image_files, wrong_layout, empty_folder, missing_folder, no_train_split, unknown_arch, unknown_option,
          bad_direction, taken_task_name, bad_task_name, unknown_task, tampered_header, tampered_header_and_hash,
@@ -308,7 +316,8 @@ CASES = [read_only_output, corrupt_image, truncated_image, grayscale_images, rgb
          model_in_use, generate_non_image, generate_wrong_layout, gc_in_use, model_dir_is_a_file,
          model_dir_below_a_file, manifest_without_sha256, manifest_without_index, task_name_a_number, format_as_text,
          task_file_outside_the_model, malformed_stages, export_into_the_model, export_over_a_file,
-         generate_over_an_output, generate_into_the_model, generate_inputs_sharing_an_output]
+         generate_over_an_output, generate_into_the_model, generate_inputs_sharing_an_output,
+         budget_below_the_generator, budget_above_one]
 
 
 @pytest.fixture(autouse=True)

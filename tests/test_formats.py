@@ -22,6 +22,8 @@ def test_format1_entry_reads_options_as_its_format_had_them():
     assert stored_options({"format": FORMAT, "options": {"coef_scale": 30.0}})["coef_scale"] == 30.0
     assert stored_options({"options": {"coef_scale": 30.0}})["coef_scale"] == 30.0  # recorded: kept
     assert "coef_scale" not in stored_options({"format": FORMAT, "options": {}})
+    assert stored_options({"format": 2, "options": {"allocation": "small-free"}})["budget"] == 0.0
+    assert "budget" not in stored_options({"format": FORMAT, "options": {}})
 
 
 def test_checked_in_format1_model_computes_what_it_computed_when_written(cli, tmp_path, monkeypatch):
@@ -33,7 +35,8 @@ def test_checked_in_format1_model_computes_what_it_computed_when_written(cli, tm
         assert probe_task(store, get_plugins(), entry["name"]) == entry["probe_sha256"]
     cli("verify", "--model-dir", model)
     # read with today's default coefficient scale instead, the piggyback task would compute another function
-    monkeypatch.setattr(store_module, "OPTIONS_ADDED", {})
+    monkeypatch.setattr(store_module, "OPTIONS_ADDED", {2: {k: v for k, v in store_module.OPTIONS_ADDED[2].items()
+                                                            if k != "coef_scale"}})
     assert probe_task(ModelStore(model), get_plugins(), "second") != store.task("second")["probe_sha256"]
 
 

@@ -86,8 +86,8 @@ def test_tasks_json_accounting_matches_the_formula(lifelong, cli):
     kept = sum(t.numel() for k, t in tensors.items() if not k.endswith(("running_mean", "running_var",
                                                                      "num_batches_tracked")))
     assert rows[1]["stored_parameters"] == free + kept
-    assert 0.2 < rows[1]["ratio_to_standalone"] < 0.5
-    assert rows[2]["stored_parameters"] > rows[1]["stored_parameters"]  # the bank grew: more coefficients
+    # the default --budget holds however large the bank grows (more bank filters: fewer free ones)
+    assert all(0.25 < r["ratio_to_standalone"] <= 0.3 for r in rows[1:])
     assert report["totals"]["stored_parameters"] == sum(r["stored_parameters"] for r in rows)
     manifest = json.loads((lifelong["model"] / "manifest.json").read_text())
     assert [list(s["metrics"]) for s in manifest["stages"]] == [["facades"], ["facades", "shoes"],

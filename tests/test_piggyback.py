@@ -132,7 +132,7 @@ def test_mixing_free_filters_starts_from_the_same_filters_and_trains_through_the
 
 
 def test_small_free_allocation_keeps_the_uniform_budget():
-    from pbgan_plugins.piggyback import free_shares
+    from pbgan_plugins.piggyback import free_shares, layer_cost
 
     # (filters, weights per filter, bank filters): two small outer layers, two large inner ones
     sizes = {"first": (16, 48, 16), "inner1": (128, 2048, 128), "inner2": (64, 4096, 64), "last": (3, 512, 3)}
@@ -141,9 +141,47 @@ def test_small_free_allocation_keeps_the_uniform_budget():
         return sum(math.ceil(shares[p] * c) * d + n * (c - math.ceil(shares[p] * c))
                    for p, (c, d, n) in sizes.items())
 
-    shares = free_shares(sizes, 0.25)
+    uniform = stored(dict.fromkeys(sizes, 0.25))
+    assert uniform == sum(layer_cost(size, 0.25) for size in sizes.values())
+    shares = free_shares(sizes, uniform)
     assert shares["first"] == shares["last"] == 1.0
     assert 0 < shares["inner1"] == shares["inner2"] < 0.25
-    assert stored(shares) <= stored(dict.fromkeys(sizes, 0.25))
+    assert stored(shares) <= uniform
     assert stored({**shares, "inner1": shares["inner1"] + 0.02, "inner2": shares["inner2"] + 0.02}) > \
-        stored(dict.fromkeys(sizes, 0.25))  # the largest share that fits
+        uniform  # the largest share that fits
+
+
+def test_small_free_frees_a_layer_whose_bank_outgrew_its_filters():
+    from pbgan_plugins.piggyback import free_shares
+
+    # a first layer of 64 filters of 48 weights: its bank (64 filters) spans every filter already
+    sizes = {"first": (64, 48, 64), "inner": (512, 4096, 512), "more": (512, 4096, 512)}
+    assert free_shares(sizes, 10**6)["first"] == 1.0
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5])
+def test_budget_bounds_a_later_tasks_stored_parameters(budget):
+    from pbgan_plugins.networks import build_generator
+
+    def generator():
+        torch.manual_seed(0)
+        return build_generator("auto", 3, 3, ngf=8, size=32)
+
+    first = PiggybackFactorizer().wrap(generator(), {}, {})
+    _, bank = PiggybackFactorizer().split(first)
+    for tasks in (1, 3):  # the budget holds however large the bank has grown
+        grown = {k: torch.cat([v] * tasks) for k, v in bank.items()}
+        later = PiggybackFactorizer().wrap(generator(), grown, {"allocation": "small-free", "budget": budget})
+        standalone = sum(p.numel() for p in generator().parameters())
+        stored = PiggybackFactorizer().stored_parameters(later)
+        assert budget - 0.02 < stored / standalone <= budget
+
+
+def test_budget_too_small_for_the_generator_is_one_line():
+    from pbgan_plugins.networks import build_generator
+
+    plain = build_generator("auto", 3, 3, ngf=8, size=32)
+    _, bank = PiggybackFactorizer().split(PiggybackFactorizer().wrap(plain, {}, {}))
+    with pytest.raises(PbganError, match="--budget 0.01 is below"):
+        PiggybackFactorizer().wrap(build_generator("auto", 3, 3, ngf=8, size=32), bank,
+                                   {"allocation": "small-free", "budget": 0.01})
