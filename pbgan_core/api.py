@@ -295,8 +295,11 @@ class Model:
         """Write the HTML report (default: MODEL_DIR/report/index.html); its path. `baseline`,
         another model directory with the same task names, adds ratios to its tasks."""
         base = Model.open(baseline).store if baseline is not None else None
-        return build_report(self.store, self.plugins, Path(out) if out else self.root / "report", metric, samples,
-                            check_protocol(protocol), base)
+        out = Path(out) if out else self.root / "report"
+        # a report inside the model directory is written under its lock, like every other write there
+        inside = out.resolve().is_relative_to(self.root.resolve())
+        with self.store.transaction() if inside else contextlib.nullcontext():
+            return build_report(self.store, self.plugins, out, metric, samples, check_protocol(protocol), base)
 
 
 def _own_tensors(gen: nn.Module) -> None:

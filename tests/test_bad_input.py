@@ -212,6 +212,11 @@ def gc_in_use(tmp, model):
     return ["gc", "--model-dir", model], expected
 
 
+def report_in_use(tmp, model):
+    argv, expected = model_in_use(tmp, model)
+    return ["report", "--model-dir", model], expected
+
+
 def model_dir_is_a_file(tmp, model):
     (tmp / "file").write_text("x")
     return train(tmp / "file", FACADES), "is a file, not a model directory"
@@ -317,7 +322,7 @@ CASES = [read_only_output, corrupt_image, truncated_image, grayscale_images, rgb
          model_dir_below_a_file, manifest_without_sha256, manifest_without_index, task_name_a_number, format_as_text,
          task_file_outside_the_model, malformed_stages, export_into_the_model, export_over_a_file,
          generate_over_an_output, generate_into_the_model, generate_inputs_sharing_an_output,
-         budget_below_the_generator, budget_above_one]
+         budget_below_the_generator, budget_above_one, report_in_use]
 
 
 @pytest.fixture(autouse=True)
