@@ -71,6 +71,15 @@ def finish(ranks: Ranks) -> None:
         dist.destroy_process_group()
 
 
+def read_manifest_under_main_lock(store: Any, ranks: Ranks) -> None:
+    """The other processes read the manifest again once process 0 holds the model's lock (and
+    has read it under the lock), so every process sees the same tasks and bank."""
+    if ranks.world > 1:
+        dist.barrier()
+        if not ranks.main:
+            store.refresh()
+
+
 def shard(order: Sequence[int], ranks: Ranks) -> list[int]:
     """This process's part of an epoch's order: every world-th index, the remainder left out,
     so shards are disjoint and of equal length (every process takes the same number of steps)."""

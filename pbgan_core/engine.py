@@ -350,6 +350,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
 
     writing = store.transaction() if ranks.main else contextlib.nullcontext()  # only rank 0 writes
     with writing, _Stage(store, req.task) as stage:
+        distributed.read_manifest_under_main_lock(store, ranks)
         if store.has_task(req.task):  # asked again: the manifest was read again under the lock
             raise _taken(store, req.task)
         ckpt = _find_checkpoint(store, req)

@@ -94,6 +94,10 @@ class ModelStore:
         self._segments: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
     # --- manifest -------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Read the manifest again (a reader that relies on another process holding the lock)."""
+        self.manifest = self._read_manifest()
+
     def _read_manifest(self) -> dict[str, Any]:
         try:
             text = self.manifest_path.read_text()
