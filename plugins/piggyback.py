@@ -29,7 +29,7 @@ BANK_ELEMENT_COST = 40
 # Default coefficient learning-rate multiplier (see PiggybackConv); measured best of 1, 10, 30,
 # 100, 300 and 1000 (BENCHMARKS.md). Entries written before an option existed get the value it
 # had then from the store (store.OPTIONS_ADDED); options missing in code get the defaults below.
-COEF_SCALE = 300.0
+COEF_SCALE = 100.0
 # --allocation small-free: layers with at most this share of the largest layer's filter weights
 # are fully free (see free_shares), and a later task stores this share of a standalone generator.
 SMALL_LAYER_SHARE = 1 / 8
