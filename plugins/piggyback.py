@@ -8,7 +8,7 @@ Task 1 has only free filters. After a task, its free filters join the bank.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -189,7 +189,7 @@ class PiggybackFactorizer(FilterConvFactorizer):
         mix_free = bool(opts["mix_free"])
         shares = {path: lam for path in convs}
         if bank and opts["allocation"] != "uniform":
-            shares = budget_shares(generator, bank, lam, float(opts["budget"]), mix_free)
+            shares = budget_shares(generator, bank, lam, float(opts["budget"]), mix_free, {last} if free_last else set())
 
         def make(path: str, conv: nn.Module) -> nn.Module:
             layer_bank = bank.get(path)
@@ -204,18 +204,18 @@ class PiggybackFactorizer(FilterConvFactorizer):
 
 
 def budget_shares(generator: nn.Module, bank: Mapping[str, torch.Tensor], lam: float, budget: float,
-                  mix_free: bool) -> dict[str, float]:
+                  mix_free: bool, free: Collection[str] = ()) -> dict[str, float]:
     """--allocation small-free: each layer's share of free filters. The task stores `budget` of the
     standalone generator's parameters (its biases and normalization layers included), or, with
-    budget 0, as many filter weights as `lam` in every layer would."""
+    budget 0, as many filter weights as `lam` in every layer would. Layers in `free` are fully free."""
     sizes = {path: (*filters_of(conv).flatten(1).shape, bank[path].shape[0]) for path, conv in iter_convs(generator)}
     if not budget:
-        return free_shares(sizes, sum(layer_cost(size, lam, mix_free) for size in sizes.values()), mix_free)
+        return free_shares(sizes, sum(layer_cost(size, lam, mix_free) for size in sizes.values()), mix_free, free)
     if not 0.0 < budget <= 1.0:
         raise PbganError(f"--budget must be in (0, 1], got {budget}")
     total = sum(p.numel() for p in generator.parameters())
     others = total - sum(c * d for c, d, _ in sizes.values())  # biases, normalization: stored whole
-    shares = free_shares(sizes, budget * total - others, mix_free)
+    shares = free_shares(sizes, budget * total - others, mix_free, free)
     least = others + sum(layer_cost(size, shares[path], mix_free) for path, size in sizes.items())
     if least > budget * total:
         raise PbganError(f"--budget {budget} is below what this generator's task needs at least "
@@ -231,7 +231,8 @@ def layer_cost(size: tuple[int, int, int], share: float, mix_free: bool = False)
     return u * d + (n + (u if mix_free else 0)) * (c - u)
 
 
-def free_shares(sizes: Mapping[str, tuple[int, int, int]], budget: float, mix_free: bool = False) -> dict[str, float]:
+def free_shares(sizes: Mapping[str, tuple[int, int, int]], budget: float, mix_free: bool = False,
+                free: Collection[str] = ()) -> dict[str, float]:
     """Per layer, the share of its filters that are free, storing at most `budget` filter weights in
     all. `sizes`: layer -> (filters C, weights per filter D, bank filters n).
 
@@ -243,7 +244,7 @@ def free_shares(sizes: Mapping[str, tuple[int, int, int]], budget: float, mix_fr
     """
     largest = max(c * d for c, d, _ in sizes.values())
     # also free: layers whose bank has as many filters as a filter has weights (coefficients would cost more)
-    small = {path for path, (c, d, n) in sizes.items() if c * d <= largest * SMALL_LAYER_SHARE or n >= d}
+    small = {path for path, (c, d, n) in sizes.items() if c * d <= largest * SMALL_LAYER_SHARE or n >= d or path in free}
     rest = [path for path in sizes if path not in small]
     left = budget - sum(c * d for path, (c, d, _) in sizes.items() if path in small)
     lo, hi = 1e-9, 1.0  # the largest common share of the other layers that fits
