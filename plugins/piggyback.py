@@ -158,7 +158,7 @@ class PiggybackFactorizer(FilterConvFactorizer):
         Option("free-last", True, "keep the generator's output layer fully free (its few filters save little; "
                "--no-free-last for the paper's setting)"),
         Option("coef-scale", COEF_SCALE, "learning-rate multiplier of the piggyback coefficients (a reparametrization)"),
-        Option("mix-free", False, "piggyback filters also combine the task's own free filters, not only the "
+        Option("mix-free", True, "piggyback filters also combine the task's own free filters, not only the "
                "bank's (adds free x piggyback coefficients per layer)"),
         Option("allocation", "small-free", "where free filters go: small-free (small layers fully free, the others "
                "one common share that fills --budget) or uniform (the --lambda share in every layer, as in the paper)",

@@ -53,7 +53,8 @@ def test_the_plugins_architecture_trains_and_generates(installed, tmp_path):
     common = ["--size", "16", "--steps", "3", "--ngf", "4", "--ndf", "4", "--shapes-count", "4",
               "--eval-images", "2", "--device", "cpu", "--model-dir", model]
     run(*PBGAN, "train", "--arch", "tinygan", "--task", "shapes1", "--data", "synthetic", *common)
-    run(*PBGAN, "train", "--arch", "tinygan", "--task", "shapes2", "--data", "synthetic", *common)
+    # a 4-filter-wide generator: its coefficients alone take more than the default --budget
+    run(*PBGAN, "train", "--arch", "tinygan", "--task", "shapes2", "--data", "synthetic", "--budget", "0.5", *common)
     report = json.loads(run(*PBGAN, "tasks", "--json", "--model-dir", model).stdout)
     assert [r["arch"] for r in report["tasks"]] == ["tinygan", "tinygan"]
     assert 0 < report["tasks"][1]["ratio_to_standalone"] < 1  # piggybacks on the first task's filters

@@ -14,8 +14,9 @@ from .conftest import FACADES, TINY, needs_data
 pytestmark = needs_data(FACADES)
 
 SETTINGS = {
-    "paper": ["--allocation", "uniform", "--free-init", "copy", "--no-free-last", "--coef-scale", "1"],
-    "small-free-mixed-fresh": ["--allocation", "small-free", "--mix-free", "--free-init", "fresh"],
+    "paper": ["--allocation", "uniform", "--free-init", "copy", "--no-free-last", "--coef-scale", "1",
+              "--no-mix-free"],
+    "small-free-unmixed-fresh": ["--allocation", "small-free", "--no-mix-free", "--free-init", "fresh"],
 }
 
 
