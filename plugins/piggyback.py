@@ -36,6 +36,11 @@ SMALL_LAYER_SHARE = 1 / 8
 BUDGET = 0.3
 
 
+def free_count(filters: int, share: float) -> int:
+    """Free filters of a later task's layer of `filters` filters at a free `share` (at least one if share > 0)."""
+    return min(filters, math.ceil(share * filters))
+
+
 class PiggybackConv(FilterConv):
     """Free filters plus piggyback filters `coef.T @ bank`, filter-major: (C, c_in, k, k)."""
 
@@ -48,7 +53,7 @@ class PiggybackConv(FilterConv):
         # to their size, as free filter weights (values near 0.02) do.
         self.coef_scale = coef_scale
         self.out_filters = filters.shape[0]
-        self.free_count = self.out_filters if bank is None else min(self.out_filters, math.ceil(lam * self.out_filters))
+        self.free_count = self.out_filters if bank is None else free_count(self.out_filters, lam)
         free = filters[: self.free_count].clone()
         if bank is not None and initialize and free_init == "fresh":
             # New directions instead of copies of filters the bank already holds; same scale.
@@ -227,7 +232,7 @@ def budget_shares(generator: nn.Module, bank: Mapping[str, torch.Tensor], lam: f
 def layer_cost(size: tuple[int, int, int], share: float, mix_free: bool = False) -> int:
     """Stored filter weights of a layer (C filters of D weights, n bank filters) at a free share."""
     c, d, n = size
-    u = min(c, math.ceil(share * c))
+    u = free_count(c, share)
     return u * d + (n + (u if mix_free else 0)) * (c - u)
 
 
