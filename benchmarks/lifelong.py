@@ -65,12 +65,14 @@ def run_method(method: str, args, root: Path, seed: int) -> dict:
     shutil.rmtree(model_dir, ignore_errors=True)
     factorizer, options = NAMED.get(method, (method, {}))
     common = {"ngf": args.ngf, "ndf": args.ngf, "eval_images": args.eval_images, "max_images": args.max_images,
-              **options}
+              **({} if args.bn_images is None else {"bn_images": args.bn_images}), **options}
     started = time.perf_counter()
     for spec in sequence(args.data)[: args.tasks]:
         torch.manual_seed(seed)
         request = TrainRequest(arch="pix2pix", task=spec["task"], data=spec["data"], model_dir=model_dir,
-                               direction=spec["direction"], size=args.size, steps=args.steps,
+                               direction=spec["direction"], size=args.size,
+                               steps=None if args.epochs is not None else args.steps,
+                               epochs=args.epochs, epochs_decay=args.epochs_decay,
                                factorizer=factorizer, dataset=spec["dataset"], device=args.device, seed=seed,
                                extra={**common, **spec["extra"]})
         entry = train_task(request, plugins)
@@ -179,7 +181,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300, help="training steps per task, every method")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train every task for --epochs at the initial learning rate, then --epochs-decay "
+                             "with the rate falling linearly, as the reference's schedule (instead of --steps at a "
+                             "constant rate)")
+    parser.add_argument("--epochs-decay", type=int, default=None, help="with --epochs (default: --epochs)")
     parser.add_argument("--ngf", type=int, default=32, help="generator and discriminator width")
+    parser.add_argument("--bn-images", type=int, default=None,
+                        help="as `pbgan train --bn-images`: training images the BatchNorm statistics are "
+                             "recomputed from after each task (0: keep the moving averages; default: pbgan's)")
     parser.add_argument("--eval-images", type=int, default=32)
     parser.add_argument("--max-images", type=int, default=0, help="training images per task (0: all)")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -192,6 +202,8 @@ def main() -> None:
                         help="also write the results here; results already in it are kept and not rerun")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="test-time protocols of the final scores")
     args = parser.parse_args()
+    if args.epochs is not None and args.epochs_decay is None:
+        args.epochs_decay = args.epochs
     args.protocols = [check_protocol(p.strip()) for p in args.protocols.split(",") if p.strip()]
 
     registered = get_plugins().factorizers

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import __version__, distributed
+from .batchnorm import has_batchnorm, recompute_batchnorm, spread_indices
 from .checkpoint import (DeferredInterrupt, checkpoint_path, load_checkpoint, remove_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .errors import PbganError
@@ -32,6 +33,8 @@ ENGINE_OPTIONS = (
     Option("num-workers", 0, "data loader worker processes"),
     Option("channels-last", False, "train in the channels-last memory format (often faster on GPUs)"),
     Option("compile", False, "compile the generators and discriminators with torch.compile"),
+    Option("bn-images", 400, "after training, recompute the generators' BatchNorm running statistics as their "
+           "mean over this many training images (0: keep the moving averages of the last steps)"),
 )
 
 
@@ -189,7 +192,7 @@ def _json_options(opts: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # options that may change between an interrupted run and its resumption
-RESUME_MAY_CHANGE = ("num_workers", "eval_images", "channels_last", "compile")
+RESUME_MAY_CHANGE = ("num_workers", "eval_images", "channels_last", "compile", "bn_images")
 
 
 def _check_resumable(ckpt: Mapping[str, Any], req: TrainRequest, opts: Mapping[str, Any], total: int,
@@ -433,6 +436,11 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             distributed.finish(ranks)
             return {}
 
+        stage.doing = "interrupted while saving the trained weights"
+        if start < total:  # the trained weights stay on disk until the manifest names the task
+            checkpoint(total)
+        stage.doing = "interrupted while recomputing BatchNorm statistics"
+        _recompute_batchnorm(req, arch, dataset_plugin, opts, generators, device, memory_format)
         task_tensors, new_filters, stored = split_task(factorizer, generators)
         json_opts = _json_options(opts)
         entry = {
@@ -446,12 +454,27 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         }
         if start:
             entry["train"]["resumed_at_step"] = start
-        stage.doing = "interrupted while saving the trained weights"
-        if start < total:  # the trained weights stay on disk until the manifest names the task
-            checkpoint(total)
         store_task(store, plugins, entry, task_tensors, new_filters, bank.fingerprint())
     distributed.finish(ranks)
     return store.task(req.task)
+
+
+def _recompute_batchnorm(req: TrainRequest, arch: Architecture, dataset_plugin: Any, opts: Mapping[str, Any],
+                         generators: Mapping[str, nn.Module], device: torch.device,
+                         memory_format: torch.memory_format) -> None:
+    """--bn-images: each generator's BatchNorm statistics over training images of the domain it
+    translates from (spread over the training set, without augmentation)."""
+    if opts["bn_images"] <= 0 or not any(has_batchnorm(g) for g in generators.values()):
+        return
+    data = dataset_plugin.build(Path(req.data), "train", opts, train=False)
+    images = torch.utils.data.Subset(data, spread_indices(len(data), int(opts["bn_images"])))
+
+    def inputs(gname: str):
+        source = next((d[0] for d in (req.direction, *DIRECTIONS) if arch.generator_for(d) == gname), req.direction[0])
+        for batch in _loader(images, 1, False, opts["num_workers"], 0):
+            yield batch[source].to(device).contiguous(memory_format=memory_format)
+
+    recompute_batchnorm(generators, {g: inputs(g) for g in generators}, req.seed)
 
 
 def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_tensors: dict[str, torch.Tensor],

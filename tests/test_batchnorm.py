@@ -1,0 +1,60 @@
+"""After training, BatchNorm running statistics are recomputed over training images (--bn-images)."""
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pbgan_core.batchnorm import spread_indices
+from pbgan_core.engine import load_generators
+from pbgan_core.plugins import get_plugins
+from pbgan_core.protocol import batch_statistics
+from pbgan_core.store import ModelStore
+
+from .conftest import FACADES, TINY, needs_data
+
+pytestmark = needs_data(FACADES)
+
+
+def train(cli, model_dir, *extra):
+    cli("train", "--arch", "pix2pix", "--task", "labels", "--data", FACADES, "--direction", "BtoA",
+        "--model-dir", model_dir, "--steps", "3", "--seed", "2", *TINY, *extra)
+    return load_generators(ModelStore(model_dir), get_plugins(), "labels")
+
+
+def first_batchnorm(gen: nn.Module) -> nn.BatchNorm2d:
+    return next(m for m in gen.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_spread_indices_cover_the_whole_set():
+    assert spread_indices(10, 3) == [0, 3, 6]
+    assert spread_indices(2, 5) == [0, 1]
+    assert spread_indices(5, 0) == []
+
+
+def test_stored_statistics_are_the_mean_over_training_images(cli, tmp_path):
+    entry, generators = train(cli, tmp_path / "m", "--bn-images", "6")
+    gen = generators["G"]
+    norm = first_batchnorm(gen)
+    seen = []
+    norm.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    plugins = get_plugins()
+    data = plugins.datasets.get(entry["dataset"]).build(Path(entry["data"]), "train", entry["options"], train=False)
+    indices = spread_indices(len(data), 6)
+    assert len(data) == 24 and len(indices) == 6
+    with torch.no_grad(), batch_statistics(gen):  # each image normalized on its own, as in training
+        for k in indices:
+            gen(data[k]["B"][None])
+    means = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0)
+    variances = torch.stack([x.var(dim=(0, 2, 3)) for x in seen]).mean(0)
+    torch.testing.assert_close(norm.running_mean, means, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, variances, rtol=1e-4, atol=1e-5)
+    assert entry["options"]["bn_images"] == 6
+
+
+def test_bn_images_zero_keeps_the_moving_averages_and_the_same_weights(cli, tmp_path):
+    _, recomputed = train(cli, tmp_path / "a", "--bn-images", "6")
+    _, kept = train(cli, tmp_path / "b", "--bn-images", "0")
+    a, b = recomputed["G"].state_dict(), kept["G"].state_dict()
+    stats = [k for k in a if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and all(torch.equal(a[k], b[k]) for k in a if k not in stats)
+    assert not torch.allclose(a[stats[0]], b[stats[0]])
