@@ -86,7 +86,7 @@ def run_method(method: str, args, root: Path, seed: int) -> dict:
         tasks, matrix = stage_matrix(stages, metric)
         drops[metric] = dict(zip(tasks, forgetting(matrix, plugins.metrics.get(metric).higher_is_better)))
     by_protocol = {p: {t["name"]: evaluate_task(store, plugins, t["name"], ("psnr", "ssim", "l1"),
-                                                  args.eval_images, p) for t in store.tasks}
+                                                  args.eval_images, protocol=p) for t in store.tasks}
                    for p in args.protocols}
     return {
         "method": method, "seed": seed, "final": final, "forgetting": drops, "protocols": by_protocol,

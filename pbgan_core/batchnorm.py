@@ -4,7 +4,7 @@ Trained at batch size 1, a BatchNorm layer's running statistics are a moving ave
 last few dozen images only (momentum 0.1), so a generator run in eval mode can be far off on
 every other image: in the lifelong benchmark at 64 px, some tasks fell from 14-15 dB PSNR to
 7 dB that way (BENCHMARKS.md, "BatchNorm statistics"). Recomputed as the plain mean over many
-training images, each normalized on its own as in training, they match the trained weights.
+training images, in batches of the training batch size as in training, they match the trained weights.
 """
 from __future__ import annotations
 

@@ -463,7 +463,8 @@ def _recompute_batchnorm(req: TrainRequest, arch: Architecture, dataset_plugin: 
                          generators: Mapping[str, nn.Module], device: torch.device,
                          memory_format: torch.memory_format) -> None:
     """--bn-images: each generator's BatchNorm statistics over training images of the domain it
-    translates from (spread over the training set, without augmentation)."""
+    translates from (spread over the training set, without augmentation), in batches of the
+    training batch size: a batch's statistics include the spread between its images."""
     if opts["bn_images"] <= 0 or not any(has_batchnorm(g) for g in generators.values()):
         return
     data = dataset_plugin.build(Path(req.data), "train", opts, train=False)
@@ -471,7 +472,7 @@ def _recompute_batchnorm(req: TrainRequest, arch: Architecture, dataset_plugin: 
 
     def inputs(gname: str):
         source = next((d[0] for d in (req.direction, *DIRECTIONS) if arch.generator_for(d) == gname), req.direction[0])
-        for batch in _loader(images, 1, False, opts["num_workers"], 0):
+        for batch in _loader(images, req.batch_size, False, opts["num_workers"], 0):  # batches as in training
             yield batch[source].to(device).contiguous(memory_format=memory_format)
 
     recompute_batchnorm(generators, {g: inputs(g) for g in generators}, req.seed)
@@ -515,7 +516,7 @@ def image_seeds(task: str, gname: str, paths: list[str]) -> list[int]:
 
 @torch.no_grad()
 def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=("l1", "psnr", "ssim"),
-                  limit: int | None = None, as_of: str | None = None,
+                  limit: int | None = None, *, as_of: str | None = None,
                   protocol: str = DEFAULT_PROTOCOL) -> dict[str, float]:
     """Mean metrics of a stored task on its test split, its generator run under `protocol`."""
     check_protocol(protocol)

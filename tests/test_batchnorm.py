@@ -1,6 +1,7 @@
 """After training, BatchNorm running statistics are recomputed over training images (--bn-images)."""
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -31,8 +32,10 @@ def test_spread_indices_cover_the_whole_set():
     assert spread_indices(5, 0) == []
 
 
-def test_stored_statistics_are_the_mean_over_training_images(cli, tmp_path):
-    entry, generators = train(cli, tmp_path / "m", "--bn-images", "6")
+@pytest.mark.parametrize("batch", [1, 2])
+def test_stored_statistics_are_the_mean_over_training_images(cli, tmp_path, batch):
+    """Each batch normalized as in training (its own statistics), the statistics averaged over batches."""
+    entry, generators = train(cli, tmp_path / "m", "--bn-images", "6", "--batch-size", str(batch))
     gen = generators["G"]
     norm = first_batchnorm(gen)
     seen = []
@@ -41,9 +44,9 @@ def test_stored_statistics_are_the_mean_over_training_images(cli, tmp_path):
     data = plugins.datasets.get(entry["dataset"]).build(Path(entry["data"]), "train", entry["options"], train=False)
     indices = spread_indices(len(data), 6)
     assert len(data) == 24 and len(indices) == 6
-    with torch.no_grad(), batch_statistics(gen):  # each image normalized on its own, as in training
-        for k in indices:
-            gen(data[k]["B"][None])
+    with torch.no_grad(), batch_statistics(gen):
+        for start in range(0, len(indices), batch):
+            gen(torch.stack([data[k]["B"] for k in indices[start:start + batch]]))
     means = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0)
     variances = torch.stack([x.var(dim=(0, 2, 3)) for x in seen]).mean(0)
     torch.testing.assert_close(norm.running_mean, means, rtol=1e-4, atol=1e-5)
