@@ -11,7 +11,7 @@ from pbgan_core.plugins import get_plugins
 from pbgan_core.protocol import batch_statistics
 from pbgan_core.store import ModelStore
 
-from .conftest import FACADES, TINY, needs_data
+from .conftest import EDGES2SHOES, FACADES, TINY, needs_data
 
 pytestmark = needs_data(FACADES)
 
@@ -61,3 +61,26 @@ def test_bn_images_zero_keeps_the_moving_averages_and_the_same_weights(cli, tmp_
     stats = [k for k in a if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert stats and all(torch.equal(a[k], b[k]) for k in a if k not in stats)
     assert not torch.allclose(a[stats[0]], b[stats[0]])
+
+
+@needs_data(EDGES2SHOES)
+def test_each_cyclegan_generator_gets_the_statistics_of_its_own_domain(cli, tmp_path):
+    from .test_cyclegan import make_unpaired
+
+    data_dir = make_unpaired(tmp_path / "unpaired", train=6, test=2, size=32)
+    cli("train", "--arch", "cyclegan", "--task", "edges2shoes", "--data", data_dir, "--model-dir", tmp_path / "m",
+        "--steps", "2", "--size", "32", "--netG", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--norm", "batch",
+        "--eval-images", "2", "--device", "cpu", "--bn-images", "4")
+    entry, generators = load_generators(ModelStore(tmp_path / "m"), get_plugins(), "edges2shoes")
+    data = get_plugins().datasets.get(entry["dataset"]).build(data_dir, "train", entry["options"], train=False)
+    indices = spread_indices(len(data), 4)
+    for gname, domain in (("G_A", "A"), ("G_B", "B")):
+        gen = generators[gname]
+        norm = first_batchnorm(gen)
+        seen = []
+        norm.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+        with torch.no_grad(), batch_statistics(gen):
+            for k in indices:
+                gen(data[k][domain][None])
+        torch.testing.assert_close(norm.running_mean, torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0),
+                                   rtol=1e-4, atol=1e-5)
