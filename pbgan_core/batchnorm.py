@@ -15,8 +15,13 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 
+def tracked_batchnorms(module: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of `module` that keep running statistics."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 def has_batchnorm(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in module.modules())
+    return bool(tracked_batchnorms(module))
 
 
 def spread_indices(total: int, count: int) -> list[int]:

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .batchnorm import tracked_batchnorms
 from .errors import UsageError
 
 PROTOCOLS = ("reference", "eval")
@@ -41,8 +42,7 @@ def image_seed(*parts: str) -> int:
 def batch_statistics(gen: nn.Module) -> Iterator[None]:
     """Run `gen` as in training (batch statistics, dropout on) without touching its running
     statistics, then put it back in eval mode."""
-    norms = [m for m in gen.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = tracked_batchnorms(gen)
     gen.train()
     for m in norms:
         m.track_running_stats = False  # normalize with the batch's statistics, update nothing

@@ -26,6 +26,19 @@ def first_batchnorm(gen: nn.Module) -> nn.BatchNorm2d:
     return next(m for m in gen.modules() if isinstance(m, nn.BatchNorm2d))
 
 
+def batch_statistics_of(gen: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over `batches` of the first BatchNorm's input statistics, each batch normalized as in
+    training (its own statistics): the mean and the unbiased variance per channel."""
+    seen = []
+    hook = first_batchnorm(gen).register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.no_grad(), batch_statistics(gen):
+        for batch in batches:
+            gen(batch)
+    hook.remove()
+    return (torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0),
+            torch.stack([x.var(dim=(0, 2, 3)) for x in seen]).mean(0))
+
+
 def test_spread_indices_cover_the_whole_set():
     assert spread_indices(10, 3) == [0, 3, 6]
     assert spread_indices(2, 5) == [0, 1]
@@ -38,17 +51,12 @@ def test_stored_statistics_are_the_mean_over_training_images(cli, tmp_path, batc
     entry, generators = train(cli, tmp_path / "m", "--bn-images", "6", "--batch-size", str(batch))
     gen = generators["G"]
     norm = first_batchnorm(gen)
-    seen = []
-    norm.register_forward_hook(lambda module, args, out: seen.append(args[0]))
     plugins = get_plugins()
     data = plugins.datasets.get(entry["dataset"]).build(Path(entry["data"]), "train", entry["options"], train=False)
     indices = spread_indices(len(data), 6)
     assert len(data) == 24 and len(indices) == 6
-    with torch.no_grad(), batch_statistics(gen):
-        for start in range(0, len(indices), batch):
-            gen(torch.stack([data[k]["B"] for k in indices[start:start + batch]]))
-    means = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0)
-    variances = torch.stack([x.var(dim=(0, 2, 3)) for x in seen]).mean(0)
+    means, variances = batch_statistics_of(gen, (torch.stack([data[k]["B"] for k in indices[start:start + batch]])
+                                                 for start in range(0, len(indices), batch)))
     torch.testing.assert_close(norm.running_mean, means, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(norm.running_var, variances, rtol=1e-4, atol=1e-5)
     assert entry["options"]["bn_images"] == 6
@@ -76,11 +84,5 @@ def test_each_cyclegan_generator_gets_the_statistics_of_its_own_domain(cli, tmp_
     indices = spread_indices(len(data), 4)
     for gname, domain in (("G_A", "A"), ("G_B", "B")):
         gen = generators[gname]
-        norm = first_batchnorm(gen)
-        seen = []
-        norm.register_forward_hook(lambda module, args, out: seen.append(args[0]))
-        with torch.no_grad(), batch_statistics(gen):
-            for k in indices:
-                gen(data[k][domain][None])
-        torch.testing.assert_close(norm.running_mean, torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0),
-                                   rtol=1e-4, atol=1e-5)
+        means, _ = batch_statistics_of(gen, (data[k][domain][None] for k in indices))
+        torch.testing.assert_close(first_batchnorm(gen).running_mean, means, rtol=1e-4, atol=1e-5)
