@@ -3,7 +3,9 @@
 One safetensors file per task in MODEL_DIR/checkpoints/<task>/: the tensors (generators,
 discriminators, optimizer moments, RNG states) as safetensors, and the nested structure
 around them (steps, hyperparameters, the request) as JSON in the file's metadata. One
-file, written atomically, so a checkpoint is always whole. Nothing is ever unpickled.
+file, written atomically, so a checkpoint is always whole. Nothing is ever unpickled. A
+checkpoint kept when storing a finished task failed may hold the generators only (no trainer
+or RNG state): resuming it stores the task without training.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from safetensors.torch import load as st_load
 
 from .atomic import atomic_write_bytes, remove_path
 from .errors import PbganError
+from .store import refuse_links
 from .tensorfile import save_bytes
 
 FORMAT = 1
@@ -94,7 +97,9 @@ def checkpoint_dir(model_dir: Path, task: str) -> Path:
 
 
 def checkpoint_path(model_dir: Path, task: str) -> Path:
-    return checkpoint_dir(model_dir, task) / FILE_NAME
+    path = checkpoint_dir(model_dir, task) / FILE_NAME
+    refuse_links(model_dir, [path.parent.parent, path.parent, path])  # never another model's checkpoint
+    return path
 
 
 def save_checkpoint(model_dir: Path, task: str, state: dict[str, Any]) -> Path:
@@ -127,7 +132,7 @@ def load_checkpoint(model_dir: Path, task: str) -> dict[str, Any] | None:
 
 
 def remove_checkpoint(model_dir: Path, task: str) -> None:
-    folder = checkpoint_dir(model_dir, task)
+    folder = checkpoint_path(model_dir, task).parent
     remove_path(folder)
     parent = folder.parent
     if parent.is_dir() and not any(parent.iterdir()):

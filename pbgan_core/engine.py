@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -196,7 +197,7 @@ RESUME_MAY_CHANGE = ("num_workers", "eval_images", "channels_last", "compile", "
 
 
 def _check_resumable(ckpt: Mapping[str, Any], req: TrainRequest, opts: Mapping[str, Any], total: int,
-                     bank_fingerprint: str, where: Path) -> None:
+                     store: ModelStore, bank_fingerprint: str, where: Path) -> None:
     then, now = dict(ckpt["options"]), _json_options(opts)
     then.update(arch=ckpt["request"]["arch"], factorizer=ckpt["request"]["factorizer"], total_steps=ckpt["total"])
     now.update(arch=req.arch, factorizer=req.factorizer, total_steps=total)
@@ -206,8 +207,11 @@ def _check_resumable(ckpt: Mapping[str, Any], req: TrainRequest, opts: Mapping[s
         raise PbganError(f"the checkpoint {where} was made with {k}={then.get(k)!r}, this run has {now.get(k)!r}; "
                          "resume with the same options, or delete the checkpoint folder to start over")
     if ckpt["bank_fingerprint"] != bank_fingerprint:
-        raise PbganError(f"the model changed since the checkpoint {where} was made (another task was stored); "
-                         "delete the checkpoint folder and train the task again")
+        # the task stored next after the checkpoint was made trained on the bank the checkpoint had
+        voider = next((e["name"] for e in store.tasks if e["bank_fingerprint"] == ckpt["bank_fingerprint"]), None)
+        which = f"task {voider!r} was stored after it was made" if voider else "another task was stored"
+        raise PbganError(f"the model changed since the checkpoint {where} was made ({which}, adding to the filter "
+                         "bank it trained against); delete the checkpoint folder and train the task again")
 
 
 def probe_task(store: ModelStore, plugins: Plugins, name: str) -> str:
@@ -246,6 +250,23 @@ def to_device(batch: Mapping[str, Any], device: torch.device,
 
 class Interrupted(PbganError):
     exit_code = 130
+
+
+def _warn_pending(store: ModelStore, task: str, bank_fingerprint: str) -> None:
+    """Storing a task adds to the filter bank, which voids the checkpoints of other tasks' interrupted
+    runs: say so while they can still be resumed first."""
+    folder = store.root / "checkpoints"
+    others = sorted(p.name for p in folder.iterdir() if p.name != task and not store.has_task(p.name)) \
+        if folder.is_dir() else []
+    for other in others:
+        try:
+            ckpt = load_checkpoint(store.root, other)
+        except PbganError:  # unusable anyway: resuming it says so
+            continue
+        if ckpt is not None and ckpt["bank_fingerprint"] == bank_fingerprint:
+            warnings.warn(f"task {other!r} has an interrupted run in {checkpoint_path(store.root, other).parent}, "
+                          f"which storing {task!r} makes unresumable; to keep it, stop this run (Ctrl-C) and "
+                          f"first finish it: `pbgan train --task {other} --resume` with the options it started with")
 
 
 def _find_checkpoint(store: ModelStore, req: TrainRequest) -> dict[str, Any] | None:
@@ -310,9 +331,12 @@ def split_task(factorizer, generators: dict[str, nn.Module]) -> tuple[dict, dict
     return task_tensors, new_filters, stored
 
 
-def _not_stored(store: ModelStore, task: str, why: str) -> str:
+def _not_stored(store: ModelStore, task: str, why: str, weights_only: bool = False) -> str:
     """What an unfinished training left, and how to go on."""
     where = checkpoint_path(store.root, task)
+    if weights_only:
+        return (f"{why}: task {task!r} is not stored; its trained generator weights are kept in {where}: run the "
+                "same command with --resume to store it without training again")
     if where.exists():
         return (f"{why}: task {task!r} is not stored; its training state is kept in {where}: run the same "
                 "command with --resume to continue")
@@ -375,6 +399,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
                 for gname, gen in generators.items():
                     gen.load_state_dict(previous[gname].state_dict())
         bank = store.load_bank()
+        _warn_pending(store, req.task, bank.fingerprint())
         for gname, gen in generators.items():
             factorizer.wrap(gen, bank.prefix(len(bank), gname), opts)
             gen.to(device).train()
@@ -384,12 +409,13 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
 
         start, earlier_seconds, losses = 0, 0.0, {}
         if ckpt is not None:
-            _check_resumable(ckpt, req, opts, total, bank.fingerprint(), checkpoint_path(store.root, req.task))
+            _check_resumable(ckpt, req, opts, total, store, bank.fingerprint(), checkpoint_path(store.root, req.task))
             for gname, gen in generators.items():
                 gen.load_state_dict(ckpt["generators"][gname])
-            trainer.load_state_dict(ckpt["trainer"])
+            if ckpt["trainer"] is not None:  # None: the generators kept at the end, nothing left to train
+                trainer.load_state_dict(ckpt["trainer"])
+                set_rng_state(ckpt["rng"])
             start, earlier_seconds, losses = ckpt["step"], ckpt["seconds"], ckpt["losses"]
-            set_rng_state(ckpt["rng"])
         modules = distributed.trainer_modules(generators, trainer)
         distributed.broadcast_weights(modules, ranks)
         distributed.average_gradients(modules, ranks)
@@ -401,14 +427,18 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
 
         started = time.perf_counter()
 
+        def save(done: int, resumable: bool = True) -> Path:
+            """The training state after `done` steps; without `resumable` the generators only."""
+            return save_checkpoint(store.root, req.task, {
+                "step": done, "total": total, "seconds": earlier_seconds + time.perf_counter() - started,
+                "losses": losses, "bank_fingerprint": bank.fingerprint(), "options": _json_options(opts),
+                "request": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(req).items()},
+                "generators": {g: gen.state_dict() for g, gen in generators.items()},
+                "trainer": trainer.state_dict() if resumable else None, "rng": rng_state() if resumable else None})
+
         def checkpoint(done: int) -> Path:
             try:
-                return save_checkpoint(store.root, req.task, {
-                    "step": done, "total": total, "seconds": earlier_seconds + time.perf_counter() - started,
-                    "losses": losses, "bank_fingerprint": bank.fingerprint(), "options": _json_options(opts),
-                    "request": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(req).items()},
-                    "generators": {g: gen.state_dict() for g, gen in generators.items()},
-                    "trainer": trainer.state_dict(), "rng": rng_state()})
+                return save(done)
             except PbganError as exc:
                 raise PbganError(_not_stored(store, req.task, f"saving a checkpoint failed ({exc})")) from None
 
@@ -437,8 +467,11 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             return {}
 
         stage.doing = "interrupted while saving the trained weights"
-        if start < total:  # the trained weights stay on disk until the manifest names the task
-            checkpoint(total)
+        # the trained weights stay on disk until the manifest names the task, but storing it comes first
+        unsaved = None if start == total else _save_failure(lambda: save(total))
+        if unsaved:
+            warnings.warn(f"the trained weights could not be saved as a checkpoint ({unsaved}); storing the task "
+                          "without it")
         stage.doing = "interrupted while recomputing BatchNorm statistics"
         _recompute_batchnorm(req, arch, dataset_plugin, opts, generators, device, memory_format)
         task_tensors, new_filters, stored = split_task(factorizer, generators)
@@ -454,7 +487,8 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         }
         if start:
             entry["train"]["resumed_at_step"] = start
-        store_task(store, plugins, entry, task_tensors, new_filters, bank.fingerprint())
+        store_task(store, plugins, entry, task_tensors, new_filters, bank.fingerprint(),
+                   keep=lambda: unsaved is not None and not _save_failure(lambda: save(total, resumable=False)))
     distributed.finish(ranks)
     return store.task(req.task)
 
@@ -478,10 +512,22 @@ def _recompute_batchnorm(req: TrainRequest, arch: Architecture, dataset_plugin: 
     recompute_batchnorm(generators, {g: inputs(g) for g in generators}, req.seed)
 
 
+def _save_failure(save: Callable[[], Path]) -> PbganError | None:
+    """Why `save` failed (a nearly full disk), or None when it wrote its checkpoint."""
+    try:
+        save()
+    except PbganError as exc:
+        return exc
+    return None
+
+
 def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_tensors: dict[str, torch.Tensor],
-               new_filters: dict[str, torch.Tensor], bank_fingerprint: str) -> None:
+               new_filters: dict[str, torch.Tensor], bank_fingerprint: str,
+               keep: Callable[[], bool] | None = None) -> None:
     """Commit a task (with the probe output of its stored files), drop its checkpoint and record
-    its metrics row. Inside a transaction. A message says what was kept when any step fails."""
+    its metrics row. Inside a transaction. A message says what was kept when any step fails; if
+    the task is not stored, `keep()` saves what it can of the trained weights first (the task's
+    own files are removed again by then, freeing their space)."""
     name = entry["name"]
 
     def add_probe(e: dict[str, Any]) -> None:
@@ -495,8 +541,9 @@ def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_
         interrupted = isinstance(exc, KeyboardInterrupt)
         error = Interrupted if interrupted else PbganError
         if not store.has_task(name):
+            weights_only = not interrupted and keep is not None and keep()
             raise error(_not_stored(store, name, "interrupted while storing it" if interrupted
-                                    else f"storing failed ({exc})")) from None
+                                    else f"storing failed ({exc})", weights_only)) from None
         left = checkpoint_path(store.root, name).parent
         gc = f"; its checkpoint {left} is a leftover that `pbgan gc` removes" if left.exists() else ""
         raise error(f"task {name!r} is stored in {store.root}, but its metrics row was not recorded "

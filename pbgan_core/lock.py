@@ -1,13 +1,15 @@
 """The model-directory lock: one writing pbgan command per model directory at a time.
 
 An advisory `flock` on MODEL_DIR/.lock, so the kernel releases it when its holder dies, even by
-`kill -9`; the file holds the holder's pid for the message. The directory is created when the
+`kill -9`; the file holds the holder's pid for the message (none on a full disk: taking the
+lock writes nothing else, so `pbgan gc` still runs there). The directory is created when the
 lock is taken and removed again on release if the command left nothing in it: a command that
 fails before it writes anything leaves no empty model directory behind.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -51,12 +53,15 @@ def _acquire(root: Path, created: list[Path]) -> int:
     path = root / LOCK_NAME
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except FileNotFoundError:  # another command removed the empty directory just now
             created += _make_dirs(root)
             continue
         except OSError as exc:
-            raise PbganError(f"cannot lock {root}: {exc.strerror}; check permissions") from None
+            if exc.errno == errno.ELOOP:
+                raise PbganError(f"{path} is a symbolic link; pbgan never writes a model through links: "
+                                 "delete it and run the command again") from None
+            raise PbganError(f"cannot lock {root}: {exc.strerror}; check permissions and free space") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -69,8 +74,11 @@ def _acquire(root: Path, created: list[Path]) -> int:
         except FileNotFoundError:
             same = False
         if same:  # else the holder removed the file while we opened it: lock the new one
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+            except OSError:  # a full disk: the pid only names the holder in messages; gc must still run
+                pass
             return fd
         os.close(fd)
 
@@ -79,17 +87,25 @@ def _acquire(root: Path, created: list[Path]) -> int:
 def model_lock(root: Path) -> Iterator[None]:
     root = Path(root)
     created = _make_dirs(root)
-    fd = _acquire(root, created)
+    try:
+        fd = _acquire(root, created)
+    except BaseException:
+        _remove_empty(created)
+        raise
     try:
         yield
     finally:
         (root / LOCK_NAME).unlink(missing_ok=True)  # while still held: nobody can lock the old file
         os.close(fd)
-        for folder in created:
-            try:
-                folder.rmdir()  # only if empty: nothing was written
-            except OSError:
-                break
+        _remove_empty(created)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for folder in created:
+        try:
+            folder.rmdir()  # only if empty: nothing was written
+        except OSError:
+            break
 
 
 def lock_holder(root: Path) -> str | None:

@@ -10,7 +10,10 @@ the manifest re-read under it, so two commands never write over each other's tas
 atomic, and a task becomes part of the model only when the manifest naming it is written (the
 commit point). Task and bank files are written once and never rewritten. Files that no manifest
 entry names are leftovers of an interrupted command: never data, and never a reason to refuse a
-name; the next commit (or `pbgan gc`) removes them.
+name; the next commit (or `pbgan gc`) removes them. A manifest is written before the first task's
+files, so task or bank files without a manifest are a damaged model (`pbgan recover` rebuilds it
+from the entry each task file records), never an empty one. Nothing is read or written through a
+symbolic link: a linked folder would let one model's commands write or delete another's files.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from safetensors.torch import load as st_load
 from .atomic import atomic_write_bytes, is_temporary, remove_path, sha256_bytes
 from .bank import FilterBank
 from .errors import PbganError
-from .lock import model_lock
+from .lock import LOCK_NAME, model_lock
 from .manifest import FORMAT, NAME_PATTERN, check_task_name, empty_manifest, file_name, validate  # noqa: F401
 from .tensorfile import read_metadata as _safetensors_metadata
 from .tensorfile import save_bytes
@@ -47,6 +50,9 @@ DEFAULT_MODEL_DIR = "pbgan-model"
 CHECKPOINTS = "checkpoints"
 # task and bank files (NNNN-NAME.safetensors) and the temporary files of their atomic writes
 STORED_FILE = re.compile(r"^\.?\d{4}-[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors(\.[A-Za-z0-9_]+\.tmp)?$")
+WHOLE_FILE = re.compile(r"^(\d{4})-([A-Za-z0-9][A-Za-z0-9._-]*)\.safetensors$")
+# entry fields that depend on the task's stored files or on the run, so its task file does not record them
+NOT_RECORDED = ("sha256", "bank_sha256", "probe_sha256", "metrics", "metrics_protocol", "train")
 MANIFEST_TEMPORARY = re.compile(r"^\.manifest\.json\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -74,6 +80,22 @@ def model_dir_containing(path: Path, root: Path | None = None) -> Path | None:
     return None
 
 
+def refuse_links(root: Path, paths) -> None:
+    """Refuse any of `paths` (inside the model directory `root`) that is a symbolic link or
+    resolves outside `root`."""
+    top = Path(root).resolve()
+    for path in paths:
+        if path.is_symlink():
+            raise PbganError(f"{path} is a symbolic link (to {os.readlink(path)}); pbgan never reads or writes a "
+                             "model through links: replace it with the folder or file itself")
+        if path.exists() and not path.resolve().is_relative_to(top):
+            raise PbganError(f"{path} resolves outside the model directory {root}; move the model's files into it")
+
+
+class DamagedModel(PbganError):
+    """Task or bank files without the manifest that names them."""
+
+
 def refuse_inside_model(path: Path, root: Path | None = None) -> None:
     """Only the store writes into a model directory: outputs go elsewhere."""
     inside = model_dir_containing(path, root)
@@ -82,8 +104,9 @@ def refuse_inside_model(path: Path, root: Path | None = None) -> None:
 
 
 class ModelStore:
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, *, recovering: bool = False):
         self.root = Path(root)
+        self._recovering = recovering  # `pbgan recover`: a missing manifest is what it rebuilds
         if self.root.exists() and not self.root.is_dir():
             raise PbganError(f"--model-dir {self.root} is a file, not a model directory; give a folder path")
         self.manifest_path = self.root / "manifest.json"
@@ -99,9 +122,15 @@ class ModelStore:
         self.manifest = self._read_manifest()
 
     def _read_manifest(self) -> dict[str, Any]:
+        self._refuse_links()
         try:
             text = self.manifest_path.read_text()
         except (FileNotFoundError, NotADirectoryError):  # no model yet (or a path below a file: said on writing)
+            found = self.stored_files()
+            if found and not self._recovering:
+                raise DamagedModel(f"{self.manifest_path} is missing, but {self.root} holds {len(found)} task and "
+                                   f"bank file(s): the model is damaged, not empty; run `pbgan recover --model-dir "
+                                   f"{self.root}` to rebuild the manifest from them") from None
             return empty_manifest()
         except (OSError, UnicodeDecodeError) as exc:
             raise PbganError(f"{self.manifest_path} is unreadable ({exc}); restore it from a backup") from None
@@ -151,6 +180,25 @@ class ModelStore:
     def _check_locked(self) -> None:
         if not self._locked:
             raise RuntimeError(f"{self.root} written without its lock: use ModelStore.transaction()")
+
+    def _refuse_links(self) -> None:
+        """The model's folders, and everything directly in them, must be its own."""
+        if not self.root.is_dir():
+            return
+        paths = [self.root / name for name in ("manifest.json", LOCK_NAME, "tasks", "bank", CHECKPOINTS)]
+        refuse_links(self.root, paths)
+        for folder in paths[2:]:
+            if folder.is_dir():
+                refuse_links(self.root, folder.iterdir())
+        if (self.root / CHECKPOINTS).is_dir():  # checkpoints/TASK/ holds the files
+            for folder in (self.root / CHECKPOINTS).iterdir():
+                if folder.is_dir():
+                    refuse_links(self.root, folder.iterdir())
+
+    def stored_files(self) -> list[Path]:
+        """Task and bank files (whole ones, not temporaries) in the model directory."""
+        return [p for folder in ("tasks", "bank") if (self.root / folder).is_dir()
+                for p in sorted((self.root / folder).iterdir()) if WHOLE_FILE.match(p.name)]
 
     # --- leftovers ------------------------------------------------------------------
     def leftovers(self) -> list[Path]:
@@ -223,9 +271,14 @@ class ModelStore:
                 "bank_fingerprint": bank_fingerprint, "bank_segments": str(index - 1)}
         entry.update(index=index, format=FORMAT, file=f"tasks/{fname}", bank_file=f"bank/{fname}",
                      bank_fingerprint=bank_fingerprint)
+        recorded = {k: v for k, v in entry.items() if k not in NOT_RECORDED}
+        created = not self.exists
+        if created:  # task files without a manifest would be a damaged model, not leftovers
+            self.save_manifest()
         written = []
         try:
-            entry["sha256"] = self._write_tensors(entry["file"], task_tensors, meta)
+            entry["sha256"] = self._write_tensors(
+                entry["file"], task_tensors, {**meta, "entry": json.dumps(recorded, sort_keys=True)})
             written.append(entry["file"])
             entry["bank_sha256"] = self._write_tensors(entry["bank_file"], new_filters, {**meta, "kind": "bank"})
             written.append(entry["bank_file"])
@@ -240,6 +293,9 @@ class ModelStore:
                 for rel in written:
                     with contextlib.suppress(Exception):  # best effort: what stays is a leftover
                         (self.root / rel).unlink(missing_ok=True)
+                if created and not self.stored_files():
+                    with contextlib.suppress(Exception):
+                        self.manifest_path.unlink()
             raise
 
     def _committed(self, entry: dict[str, Any]) -> bool:

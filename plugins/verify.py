@@ -1,5 +1,5 @@
 """`pbgan verify`: prove a model directory is intact; `pbgan gc`: remove what interrupted
-commands left behind.
+commands left behind; `pbgan recover`: rebuild a lost manifest from the task files.
 
 For every task: its task and bank files match the manifest's hashes and parse, its bank
 prefix has the fingerprint it was trained on, every stored tensor has the shape the
@@ -155,3 +155,19 @@ def register_commands(cli):
         for path in removed:
             console.print(f"removed {path.relative_to(store.root)}", markup=False)
         console.print(f"{len(removed)} leftover(s) removed from {store.root}", markup=False)
+
+    @cli.command()
+    def recover(model_dir: Optional[Path] = model_dir_option) -> None:
+        """Rebuild a lost manifest.json from what each task file records about itself, then check
+        the model as verify does. The metrics rows are measured again by `pbgan eval`.
+
+        Example: pbgan recover --model-dir pbgan-model
+        """
+        from pbgan_core.recover import recover_manifest
+
+        root = model_dir or default_model_dir()
+        names = recover_manifest(root, get_plugins())
+        console.print(f"manifest.json rebuilt from the files of {len(names)} task(s): {', '.join(names)}; "
+                      "their metrics rows are not in the files: `pbgan eval` measures them again", markup=False,
+                      soft_wrap=True)
+        verify(model_dir=root)
