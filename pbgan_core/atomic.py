@@ -27,11 +27,14 @@ def fault_point(stage: str, path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
     """Write `data` to `path` through a temporary file in the same folder. With overwrite=False an
-    existing file is never replaced, not even one that appears while writing."""
+    existing file is never replaced, not even one that appears while writing. Folders it creates
+    are removed again when the write fails."""
     path = Path(path)
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        remove_empty_folders(created)
         raise PbganError(f"cannot create the folder {path.parent}: {exc.strerror}; give a writable folder "
                          "path") from None
     if not overwrite and path.exists():
@@ -39,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as exc:
+        remove_empty_folders(created)
         raise PbganError(f"cannot write to {path.parent}: {exc.strerror}; check permissions and free space") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())
@@ -55,6 +59,7 @@ def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
             os.unlink(tmp)
     except BaseException as exc:  # Ctrl-C included: no temporary file is left behind
         Path(tmp).unlink(missing_ok=True)
+        remove_empty_folders(created)
         if isinstance(exc, FileExistsError):
             raise PbganError(f"{path} exists already and is never rewritten") from None
         if isinstance(exc, OSError):
@@ -78,6 +83,15 @@ def remove_path(path: Path) -> None:
         pass
     except OSError as exc:
         raise PbganError(f"cannot remove {path}: {exc.strerror}; check permissions") from None
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def is_temporary(path: Path) -> bool:

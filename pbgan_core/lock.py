@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from .atomic import remove_empty_folders
 from .errors import PbganError
 
 LOCK_NAME = ".lock"
@@ -90,22 +91,14 @@ def model_lock(root: Path) -> Iterator[None]:
     try:
         fd = _acquire(root, created)
     except BaseException:
-        _remove_empty(created)
+        remove_empty_folders(created)  # only if empty: nothing was written
         raise
     try:
         yield
     finally:
         (root / LOCK_NAME).unlink(missing_ok=True)  # while still held: nobody can lock the old file
         os.close(fd)
-        _remove_empty(created)
-
-
-def _remove_empty(created: list[Path]) -> None:
-    for folder in created:
-        try:
-            folder.rmdir()  # only if empty: nothing was written
-        except OSError:
-            break
+        remove_empty_folders(created)
 
 
 def lock_holder(root: Path) -> str | None:

@@ -184,6 +184,11 @@ def test_train_write_points_are_the_ones_expected(trained):
     assert ("remove", "new") in points
 
 
+def final_checkpoint(points: list, at: int) -> bool:
+    """Whether write point `at` writes the checkpoint at the end of training (the second one)."""
+    return points[at] == ("write", "checkpoint.safetensors") and points[:at].count(points[at]) == 1
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_train_survives_a_fault_at_every_write_point(trained, kind, tmp_path, capsys):
     base, reference, points = trained
@@ -193,6 +198,11 @@ def test_train_survives_a_fault_at_every_write_point(trained, kind, tmp_path, ca
         model = Path(shutil.copytree(base, tmp_path / f"{at}"))
         before = snapshot(model)
         argv = [*TRAIN, "--model-dir", model]
+        if kind == "disk-full" and final_checkpoint(points, at):  # only a convenience: the task is stored
+            code, text = run(argv, capsys, Fault(kind, at))
+            assert code == 0 and "warning: the trained weights could not be saved as a checkpoint" in text, text
+            check_same_result(model, reference, "new")
+            continue
         code, text = run_faulted(argv, kind, at, capsys)
         store = check_invariants(model, before, capsys)
         if kind != "kill":
@@ -275,7 +285,7 @@ def imported(one_thread, tmp_path_factory):
 @pytest.mark.parametrize("kind", KINDS)
 def test_import_survives_a_fault_at_every_write_point(imported, kind, tmp_path, capsys):
     argv, reference, points = imported
-    assert len(points) == 8  # task file, bank file, manifest, manifest with the metrics row
+    assert len(points) == 10  # empty manifest, task file, bank file, manifest, manifest with the metrics row
     for at, (stage, _) in enumerate(points):
         if kind == "disk-full" and stage != "write":
             continue
@@ -315,3 +325,47 @@ def test_export_survives_a_fault_at_every_write_point(trained, kind, tmp_path, c
             assert (out / name).read_bytes() == (clean / name).read_bytes()
         left = sorted(p.name for p in out.iterdir() if not atomic.is_temporary(p))  # kill -9 leaves those
         assert left == names, left
+
+
+def test_when_the_task_does_not_fit_either_its_generators_are_kept(trained, tmp_path, capsys):
+    base, reference, points = trained
+    model = Path(shutil.copytree(base, tmp_path / "m"))
+    final = next(at for at in range(len(points)) if final_checkpoint(points, at))
+    task_file = points.index(("write", "0002-new.safetensors"))
+    full = [Fault("disk-full", final), Fault("disk-full", task_file)]  # the checkpoint, then the task file
+
+    def nearly_full(stage, path):
+        for fault in full:
+            fault(stage, path)
+
+    code, text = run([*TRAIN, "--model-dir", model], capsys, nearly_full)
+    line = next(line for line in text.splitlines() if line.startswith("error:"))
+    assert code == 1 and "trained generator weights are kept" in line and "--resume" in line, text
+    kept = load_checkpoint(model, "new")
+    assert kept["step"] == 2 and kept["trainer"] is None  # the generators only: less than the full state
+    code, text = run([*TRAIN, "--resume", "--model-dir", model], capsys)  # stored without training again
+    assert code == 0, text
+    check_same_result(model, reference, "new")
+
+
+def disk_full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_is_one_line_and_gc_still_frees_space(trained, tmp_path, capsys, monkeypatch):
+    base, _, _ = trained
+    model = Path(shutil.copytree(base, tmp_path / "m"))
+    leftover = model / "tasks" / "0002-cut.safetensors"
+    leftover.write_bytes(b"a commit cut short")
+    monkeypatch.setattr(os, "write", disk_full)  # the lock's pid
+    monkeypatch.setattr(os, "pwrite", disk_full)
+    everywhere = lambda stage, path: stage == "write" and disk_full()  # noqa: E731
+    code, text = run(["gc", "--model-dir", model], capsys, everywhere)
+    assert code == 0 and "1 leftover(s) removed" in text and not leftover.exists(), text
+    for target in (model, tmp_path / "new" / "m"):
+        code, text = run([*TRAIN, "--model-dir", target], capsys, everywhere)
+        line = next(line for line in text.splitlines() if line.startswith("error:"))
+        assert code == 1 and "No space left on device" in line and "internal error" not in text, text
+        assert not (target / ".lock").exists()
+    assert not (tmp_path / "new").exists()  # no empty model folder left behind
+    assert snapshot(model) == snapshot(base)

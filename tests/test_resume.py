@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pbgan_core import atomic
 from pbgan_core.checkpoint import flatten_state, load_checkpoint, unflatten_state
 from pbgan_core.store import ModelStore
 from tests.conftest import FACADES, TINY, needs_data, one_line_error
@@ -103,3 +104,30 @@ def test_ctrl_c_saves_a_checkpoint_at_a_step_boundary(tmp_path):
     step = load_checkpoint(tmp_path, "t")["step"]
     assert f"interrupted at step {step} of 200" in line and "--resume" in line
     assert not (tmp_path / "manifest.json").exists() and not (tmp_path / ".lock").exists()
+
+
+def interrupt(cli, model: Path, task: str) -> None:
+    """A run of `task` stopped by Ctrl-C (pressed while its first checkpoint is written): its checkpoint stays."""
+    def press(stage, path):
+        if stage == "write" and path.name == "checkpoint.safetensors" and not load_checkpoint(model, task):
+            signal.raise_signal(signal.SIGINT)
+
+    atomic.fault_hook = press
+    try:
+        cli(*TRAIN, "--task", task, "--steps", 4, "--checkpoint-every", 1, "--model-dir", model, expect=130)
+    finally:
+        atomic.fault_hook = None
+    assert load_checkpoint(model, task)["step"] < 4
+
+
+def test_another_task_warns_of_an_interrupted_run_it_voids_and_resume_names_it(cli, tmp_path):
+    model = tmp_path / "m"
+    interrupt(cli, model, "paused")
+    _, _, err = cli(*TRAIN, "--task", "other", "--steps", 1, "--model-dir", model)
+    warning = next(line for line in err.splitlines() if line.startswith("warning:"))
+    assert "'paused'" in warning and "pbgan train --task paused --resume" in warning
+    _, _, err = cli(*TRAIN, "--task", "paused", "--steps", 4, "--checkpoint-every", 1, "--resume",
+                    "--model-dir", model, expect=1)
+    assert "task 'other' was stored after it was made" in one_line_error(err)
+    _, _, err = cli(*TRAIN, "--task", "later", "--steps", 1, "--model-dir", model)
+    assert "warning:" not in err  # voided already: nothing more to lose
