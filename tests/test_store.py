@@ -19,6 +19,7 @@ from pbgan_core.manifest import validate
 from pbgan_core.store import ModelStore
 from pbgan_core.tensorfile import read_metadata, save_bytes
 from tests.conftest import FACADES, TINY, needs_data, one_line_error
+from tests.test_interop import reference_checkpoint
 
 FAST = [*TINY, "--max-images", "4", "--eval-images", "1", "--steps", "1"]
 
@@ -41,6 +42,19 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture
 def copy(model, tmp_path) -> Path:
     return Path(shutil.copytree(model, tmp_path / "m"))
+
+
+@pytest.fixture(scope="module")
+def two_tasks(model, tmp_path_factory) -> Path:
+    from pbgan_core.cli import main
+
+    root = Path(shutil.copytree(model, tmp_path_factory.mktemp("two") / "m"))
+    assert main([str(a) for a in train("next", root)]) == 0
+    return root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_safetensors_bytes_do_not_depend_on_metadata_order():
@@ -210,3 +224,74 @@ def test_ctrl_c_while_starting_says_so(tmp_path):
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip() == "error: interrupted while starting; nothing was changed"
     assert not (tmp_path / "m").exists()
+
+
+@needs_data(FACADES)
+def test_a_lost_manifest_is_refused_until_recover_rebuilds_it(cli, two_tasks, tmp_path):
+    model = Path(shutil.copytree(two_tasks, tmp_path / "m"))
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for path in sorted((FACADES / "test").iterdir())[:2]:
+        shutil.copy(path, photos)
+
+    def outputs(name: str) -> dict[str, bytes]:
+        for task in ("base", "next"):
+            cli("generate", "--task", task, "--aligned", photos, tmp_path / name / task, "--model-dir", model)
+        return snapshot(tmp_path / name)
+
+    before = outputs("before")
+    manifest = json.loads((model / "manifest.json").read_text())
+    (model / "manifest.json").unlink()
+    files = snapshot(model)
+    reference_checkpoint(tmp_path / "latest_net_G.pth")
+    for argv in (train("third", model), ["gc", "--model-dir", model], ["verify", "--model-dir", model],
+                 ["import", "--arch", "pix2pix", "--task", "ref", "--data", FACADES, "--direction", "BtoA",
+                  tmp_path / "latest_net_G.pth", "--model-dir", model]):
+        _, _, err = cli(*argv, expect=1)
+        line = one_line_error(err)
+        assert "manifest.json is missing" in line and f"pbgan recover --model-dir {model}" in line, argv[0]
+    assert snapshot(model) == files  # nothing removed, nothing written
+
+    _, out, _ = cli("recover", "--model-dir", model)
+    assert "rebuilt from the files of 2 task(s): base, next" in out and "2 task(s) verified" in out
+    recovered = json.loads((model / "manifest.json").read_text())["tasks"]
+    lost = ("train", "metrics", "metrics_protocol")  # not in the files: eval measures the metrics again
+    assert recovered == [{k: v for k, v in entry.items() if k not in lost} for entry in manifest["tasks"]]
+    assert outputs("after") == before
+    _, _, err = cli("recover", "--model-dir", model, expect=1)
+    assert "nothing to recover" in one_line_error(err)
+
+
+@needs_data(FACADES)
+def test_recover_names_a_file_that_records_too_little_and_writes_nothing(cli, two_tasks, tmp_path):
+    model = Path(shutil.copytree(two_tasks, tmp_path / "m"))
+    (model / "manifest.json").unlink()
+    older = model / "tasks" / "0002-next.safetensors"  # as an older pbgan wrote it
+    data = older.read_bytes()
+    metadata = {k: v for k, v in read_metadata(data).items() if k != "entry"}
+    from safetensors.torch import load
+
+    older.write_bytes(save_bytes(load(data), metadata))
+    _, _, err = cli("recover", "--model-dir", model, expect=1)
+    line = one_line_error(err)
+    assert "task 2 cannot be recovered" in line and "older pbgan" in line and "nothing was written" in line
+    assert not (model / "manifest.json").exists()
+
+
+@needs_data(FACADES)
+@pytest.mark.parametrize("link", ["tasks", "bank", "checkpoints", "checkpoints/new", "tasks/0001-base.safetensors"])
+def test_linked_model_folders_and_files_are_refused(cli, model, two_tasks, tmp_path, link):
+    mine, other = Path(shutil.copytree(model, tmp_path / "mine")), Path(shutil.copytree(two_tasks, tmp_path / "o"))
+    (other / "checkpoints" / "paused").mkdir(parents=True)
+    (other / "checkpoints" / "paused" / "checkpoint.safetensors").write_bytes(b"another model's run")
+    target = other / link.replace("new", "paused")
+    shutil.rmtree(mine / link, ignore_errors=True)
+    (mine / link).unlink(missing_ok=True)
+    (mine / link).parent.mkdir(parents=True, exist_ok=True)
+    (mine / link).symlink_to(target)
+    theirs = snapshot(other)
+    for argv in (train("new", mine), ["gc", "--model-dir", mine], ["verify", "--model-dir", mine],
+                 ["generate", "--task", "base", "--aligned", FACADES / "test", tmp_path / "out", "--model-dir", mine]):
+        _, _, err = cli(*argv, expect=1)
+        assert f"{mine / link} is a symbolic link" in one_line_error(err), argv[0]
+    assert snapshot(other) == theirs
