@@ -399,7 +399,8 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
                 for gname, gen in generators.items():
                     gen.load_state_dict(previous[gname].state_dict())
         bank = store.load_bank()
-        _warn_pending(store, req.task, bank.fingerprint())
+        if ranks.main:
+            _warn_pending(store, req.task, bank.fingerprint())
         for gname, gen in generators.items():
             factorizer.wrap(gen, bank.prefix(len(bank), gname), opts)
             gen.to(device).train()

@@ -27,7 +27,7 @@ def test_list_plugins_json_lists_the_builtin_plugins(cli):
     assert {"aligned", "derived", "folder", "unaligned"} <= set(rows["datasets"]["provides"]["datasets"])
     assert {"l1", "psnr", "ssim"} <= set(rows["metrics"]["provides"]["metrics"])
     assert rows["pix2pix"]["distribution"] == "pbgan" and rows["pix2pix"]["version"] == __version__
-    assert rows["verify"]["provides"]["commands"] == ["gc", "verify"]
+    assert rows["verify"]["provides"]["commands"] == ["gc", "recover", "verify"]
     assert rows["known_data"]["provides"]["commands"] == ["data"]
 
 
