@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import shlex
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -266,7 +267,16 @@ def _warn_pending(store: ModelStore, task: str, bank_fingerprint: str) -> None:
         if ckpt is not None and ckpt["bank_fingerprint"] == bank_fingerprint:
             warnings.warn(f"task {other!r} has an interrupted run in {checkpoint_path(store.root, other).parent}, "
                           f"which storing {task!r} makes unresumable; to keep it, stop this run (Ctrl-C) and "
-                          f"first finish it: `pbgan train --task {other} --resume` with the options it started with")
+                          f"first finish that one: {_resume_command(ckpt['request'])}")
+
+
+def _resume_command(request: Mapping[str, Any]) -> str:
+    """The `pbgan train` command that resumes the run a checkpoint's request describes."""
+    from .api import _as_flags
+
+    fields = {k: v for k, v in request.items() if k in TrainRequest.__dataclass_fields__}
+    req = TrainRequest(**{**fields, "resume": True})
+    return shlex.join(["pbgan", "train", *distributed.train_arguments(req, _as_flags(req.extra))])
 
 
 def _find_checkpoint(store: ModelStore, req: TrainRequest) -> dict[str, Any] | None:

@@ -125,7 +125,9 @@ def test_another_task_warns_of_an_interrupted_run_it_voids_and_resume_names_it(c
     interrupt(cli, model, "paused")
     _, _, err = cli(*TRAIN, "--task", "other", "--steps", 1, "--model-dir", model)
     warning = next(line for line in err.splitlines() if line.startswith("warning:"))
-    assert "'paused'" in warning and "pbgan train --task paused --resume" in warning
+    assert "'paused'" in warning and "pbgan train --arch pix2pix --task paused" in warning
+    command = warning[warning.index("pbgan train"):].split()[1:]
+    assert "--resume" in command and command[command.index("--steps") + 1] == "4"
     _, _, err = cli(*TRAIN, "--task", "paused", "--steps", 4, "--checkpoint-every", 1, "--resume",
                     "--model-dir", model, expect=1)
     assert "task 'other' was stored after it was made" in one_line_error(err)
