@@ -552,7 +552,7 @@ def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_
         interrupted = isinstance(exc, KeyboardInterrupt)
         error = Interrupted if interrupted else PbganError
         if not store.has_task(name):
-            weights_only = not interrupted and keep is not None and keep()
+            weights_only = keep is not None and keep()
             raise error(_not_stored(store, name, "interrupted while storing it" if interrupted
                                     else f"storing failed ({exc})", weights_only)) from None
         left = checkpoint_path(store.root, name).parent

@@ -327,12 +327,13 @@ def test_export_survives_a_fault_at_every_write_point(trained, kind, tmp_path, c
         assert left == names, left
 
 
-def test_when_the_task_does_not_fit_either_its_generators_are_kept(trained, tmp_path, capsys):
+@pytest.mark.parametrize("then", ["disk-full", "ctrl-c"])
+def test_when_the_task_is_not_stored_either_its_generators_are_kept(trained, then, tmp_path, capsys):
     base, reference, points = trained
     model = Path(shutil.copytree(base, tmp_path / "m"))
     final = next(at for at in range(len(points)) if final_checkpoint(points, at))
     task_file = points.index(("write", "0002-new.safetensors"))
-    full = [Fault("disk-full", final), Fault("disk-full", task_file)]  # the checkpoint, then the task file
+    full = [Fault("disk-full", final), Fault(then, task_file)]  # the checkpoint, then the task file
 
     def nearly_full(stage, path):
         for fault in full:
@@ -340,7 +341,8 @@ def test_when_the_task_does_not_fit_either_its_generators_are_kept(trained, tmp_
 
     code, text = run([*TRAIN, "--model-dir", model], capsys, nearly_full)
     line = next(line for line in text.splitlines() if line.startswith("error:"))
-    assert code == 1 and "trained generator weights are kept" in line and "--resume" in line, text
+    assert code == (1 if then == "disk-full" else 130), text
+    assert "trained generator weights are kept" in line and "--resume" in line, text
     kept = load_checkpoint(model, "new")
     assert kept["step"] == 2 and kept["trainer"] is None  # the generators only: less than the full state
     code, text = run([*TRAIN, "--resume", "--model-dir", model], capsys)  # stored without training again
