@@ -137,7 +137,8 @@ class ModelStore:
         try:
             manifest = json.loads(text)
         except ValueError as exc:
-            raise PbganError(f"{self.manifest_path} is unreadable ({exc}); restore it from a backup") from None
+            raise PbganError(f"{self.manifest_path} is unreadable ({exc}); restore it from a backup, or without "
+                             f"one move it out of {self.root} and run `pbgan recover`") from None
         return validate(manifest, self.manifest_path)
 
     def save_manifest(self) -> None:

@@ -241,6 +241,9 @@ def test_a_lost_manifest_is_refused_until_recover_rebuilds_it(cli, two_tasks, tm
 
     before = outputs("before")
     manifest = json.loads((model / "manifest.json").read_text())
+    (model / "manifest.json").write_text("{")  # damaged: without a backup, moved out and recovered
+    _, _, err = cli("tasks", "--model-dir", model, expect=1)
+    assert "move it out" in one_line_error(err) and "pbgan recover" in one_line_error(err)
     (model / "manifest.json").unlink()
     files = snapshot(model)
     reference_checkpoint(tmp_path / "latest_net_G.pth")
