@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from . import __version__, api, distributed
-from .console import console, errors, training_progress
+from . import __version__, api
+from .console import console, errors
 from .errors import PbganError
 from .options import parse_extra_args
 from .plugins import get_plugins
@@ -108,20 +108,24 @@ def build_app() -> typer.Typer:
                                       "loss scaling)"),
         nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this machine (one per GPU, "
                                   "or CPU processes); same as torchrun --nproc_per_node N -m pbgan_core train"),
+        logger: Optional[list[str]] = typer.Option(None, "--logger", help="Also log with this logger plugin "
+                                                   "(repeatable): tensorboard, samples, ... (see list-plugins); "
+                                                   "MODEL_DIR/logs/TASK.jsonl is always written unless one is none"),
+        log_every: int = typer.Option(10, "--log-every", help="Log the losses and learning rate every N steps"),
+        sample_every: int = typer.Option(0, "--sample-every", help="Translate a few fixed training and test "
+                                         "images every N steps for the samples and tensorboard loggers "
+                                         "[default: ten times a run]"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
         """Train a new task of the lifelong model: the first task seeds the filter bank, later
         tasks piggyback on it."""
         table, owner = api.train_options(arch, factorizer, dataset, derive)
         extra = parse_extra_args(ctx.args, table, owner)
-        progress, update = training_progress(f"{task}")
-        progress.disable = nproc != 1 or not distributed.is_main_process()
-        with progress:
-            trained = api.train(arch, task, data, model_dir=model_dir, direction=direction, size=size, steps=steps,
-                                epochs=epochs, epochs_decay=epochs_decay, batch_size=batch_size,
-                                factorizer=factorizer, dataset=dataset, derive=derive, device=device, seed=seed,
-                                resume=resume, checkpoint_every=checkpoint_every, precision=precision, nproc=nproc,
-                                progress=update, **extra)
+        trained = api.train(arch, task, data, model_dir=model_dir, direction=direction, size=size, steps=steps,
+                            epochs=epochs, epochs_decay=epochs_decay, batch_size=batch_size,
+                            factorizer=factorizer, dataset=dataset, derive=derive, device=device, seed=seed,
+                            resume=resume, checkpoint_every=checkpoint_every, precision=precision, nproc=nproc,
+                            loggers=logger or (), log_every=log_every, sample_every=sample_every, **extra)
         if trained is None:  # not rank 0 of a distributed run: rank 0 reports
             return
         p = trained.params

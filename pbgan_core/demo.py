@@ -128,7 +128,7 @@ def run_demo(out: Path, steps: int = 500, size: int = 64, device: str = "cpu",
             request = TrainRequest(arch="pix2pix", task=task.name, data=photos, model_dir=model_dir, size=size,
                                    steps=steps, batch_size=4, dataset="derived", device=device, seed=0,
                                    extra={"derive": task.derive, **OPTIONS, **(options or {})})
-            train_task(request, plugins, start_task(task.name))
+            train_task(request, plugins, listeners=[start_task(task.name)])
     store = ModelStore(model_dir)
     console.print(summary_table(store, plugins, tasks, time.perf_counter() - started))
     console.print("base: the trivial answer (the condition itself, or the mean photo); x gen: stored parameters / "
