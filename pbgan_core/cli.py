@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from . import __version__, api
-from .console import console, errors
+from .console import console, errors, keep_numbers_whole
 from .errors import PbganError
 from .options import parse_extra_args
 from .plugins import get_plugins
@@ -169,14 +169,7 @@ def build_app() -> typer.Typer:
         if json_out:
             print(json.dumps({"model_dir": str(store.root), "tasks": rows, "totals": totals}, indent=2))
             return
-        table = Table(title=f"tasks in {store.root}")
-        for col in ("#", "task", "arch", "factorizer", "stored params", "x standalone", "file size", "metrics"):
-            table.add_column(col, justify="right" if col in ("#", "stored params", "x standalone", "file size") else "left")
-        for r in rows:
-            metrics = " ".join(f"{k} {v:.3f}" for k, v in (r["metrics"] or {}).items())
-            table.add_row(str(r["index"]), r["name"], r["arch"], r["factorizer"], f"{r['stored_parameters']:,}",
-                          f"{r['ratio_to_standalone']:.3f}", _human(r["file_bytes"]), metrics)
-        console.print(table)
+        console.print(tasks_table(f"tasks in {store.root}", rows))
         console.print(f"total stored: {totals['stored_parameters']:,} parameters "
                       f"({totals['ratio_to_standalone_per_task']:.3f} of one standalone generator per task, "
                       f"{totals['stored_parameters'] / max(totals['standalone_parameters'], 1):.3f} of one); "
@@ -238,6 +231,22 @@ def add_plugin_commands(app: typer.Typer) -> None:
         info = plugins.info.get(impl.plugin_name)
         if info is not None and added:
             info.provides["commands"] = sorted(set(info.provides.get("commands", [])) | added)
+
+
+def tasks_table(title: str, rows: list[dict]) -> Table:
+    """`pbgan tasks`: one row per task, one metric a line; numbers stay whole at 80 columns."""
+    table = Table(title=title)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("task")
+    table.add_column("arch\nfactorizer")
+    for header in ("stored\nparams", "x stand-\nalone", "file\nsize"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("metrics", no_wrap=True)
+    for r in rows:
+        metrics = "\n".join(f"{k} {v:.3f}" for k, v in (r["metrics"] or {}).items())
+        table.add_row(str(r["index"]), r["name"], f"{r['arch']}\n{r['factorizer']}", f"{r['stored_parameters']:,}",
+                      f"{r['ratio_to_standalone']:.3f}", _human(r["file_bytes"]), metrics)
+    return keep_numbers_whole(table)
 
 
 def _human(n: int) -> str:

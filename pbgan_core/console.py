@@ -9,7 +9,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
-from rich.table import Column
+from rich.table import Column, Table
 from rich.text import Text
 
 from .events import End, ProgressCallback, Start, Step
@@ -141,3 +141,14 @@ def sequence_progress(names: list[str], steps: int, target: Console | None = Non
         return ProgressCallback(update)
 
     return progress, start
+
+
+def keep_numbers_whole(table: Table) -> Table:
+    """Columns marked `no_wrap` (those holding numbers) keep the width of their longest line, and
+    the others fold, so a narrow console never cuts a number."""
+    for column in table.columns:
+        if column.no_wrap:
+            column.min_width = max((len(line) for cell in column.cells for line in str(cell).splitlines()), default=0)
+        else:
+            column.overflow = "fold"
+    return table
