@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from .console import console, sequence_progress
+from .console import console, keep_numbers_whole, sequence_progress
 from .engine import TrainRequest, eval_split, probe_task, train_task
 from .images import read_image, write_image
 from .plugins import Plugins, get_plugins
@@ -147,7 +147,8 @@ def run_demo(out: Path, steps: int = 500, size: int = 64, device: str = "cpu",
 def summary_table(store: ModelStore, plugins: Plugins, tasks: tuple[DemoTask, ...], seconds: float) -> Table:
     table = Table(title=f"pbgan demo: {len(tasks)} lifelong tasks in {seconds:.0f} s")
     for col in ("task", "learns", "x gen", "PSNR", "base", "SSIM", "base", "forgot"):
-        table.add_column(col, justify="left" if col in ("task", "learns") else "right")
+        table.add_column(col, justify="left" if col in ("task", "learns") else "right",
+                         no_wrap=col not in ("task", "learns"))
     final = store.manifest["stages"][-1]["metrics"]
     for task in tasks:
         entry = store.task(task.name)
@@ -155,4 +156,4 @@ def summary_table(store: ModelStore, plugins: Plugins, tasks: tuple[DemoTask, ..
         table.add_row(task.name, task.what, f"{p['stored'] / p['standalone']:.2f}", f"{m['psnr']:.1f}",
                       f"{base['psnr']:.1f}", f"{m['ssim']:.2f}", f"{base['ssim']:.2f}",
                       f"{m['ssim'] - final[task.name]['ssim']:.3f}")
-    return table
+    return keep_numbers_whole(table)

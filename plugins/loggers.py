@@ -11,11 +11,13 @@ earlier line whole; `read_log` skips a torn last line.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
-from pbgan_core.atomic import atomic_write_bytes
 from pbgan_core.errors import PbganError
 from pbgan_core.events import End, Evaluated, Samples, Start, Step, Stored
 from pbgan_core.hookspecs import hookimpl
@@ -50,50 +52,76 @@ def _logged(step: int, total: int, every: int) -> bool:
     return step == 1 or step == total or (every > 0 and step % every == 0)
 
 
+class LogWarning(UserWarning):
+    """A log could not be written; training goes on without it."""
+
+
+def best_effort(method):
+    """A logger that cannot write (a full disk, a read-only folder) warns once and stops logging:
+    losing a log must not cost the training."""
+    @functools.wraps(method)
+    def guarded(self, event):
+        if self.failed:
+            return
+        try:
+            method(self, event)
+        except OSError as exc:
+            self.failed = True
+            warnings.warn(f"{self.where} could not be written ({exc.strerror or exc}); training goes on without "
+                          "this log", LogWarning, stacklevel=2)
+    return guarded
+
+
 class JsonlLog:
     """MODEL_DIR/logs/TASK.jsonl: a new run starts it afresh, a resumed one appends after the
     lines of the steps its checkpoint kept."""
 
     def __init__(self, path: Path, every: int, resume: bool):
-        self.path, self.every, self.resume = path, every, resume
+        self.where, self.every, self.resume = path, every, resume
+        self.file, self.failed = None, False
 
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
+    @best_effort
     def on_start(self, event: Start) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = b""
-        if self.resume and self.path.exists():
-            lines = self.path.read_bytes().splitlines(keepends=True)
-            later = next((i for i, line in enumerate(lines) if _step_of(line) > event.start), len(lines))
-            kept = b"".join(lines[:later])
-            if kept and not kept.endswith(b"\n"):  # a torn last line stays on a line of its own
-                kept += b"\n"
-        atomic_write_bytes(self.path, kept)
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.where.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.where, "a" if self.resume else "w", encoding="utf-8")
+        if self.resume:  # cut what was logged after the checkpoint, in place: earlier lines stay as they are
+            lines = self.where.read_bytes().splitlines(keepends=True)
+            kept = list(itertools.takewhile(lambda line: _step_of(line) <= event.start, lines))
+            self.file.truncate(sum(map(len, kept)))
+            if kept and not kept[-1].endswith(b"\n"):  # a torn last line stays on a line of its own
+                self.file.write("\n")
         self.write({"event": "start", "task": event.task, "total": event.total, "start": event.start,
                     "options": dict(event.options)})
 
+    @best_effort
     def on_step(self, event: Step) -> None:
         if _logged(event.step, event.total, self.every):
             self.write({"event": "step", "step": event.step, "total": event.total, "epoch": event.epoch,
                         "lr": event.lr, "lrs": dict(event.lrs), "losses": dict(event.losses),
                         "time": round(event.seconds, 3)})
 
+    @best_effort
     def on_samples(self, event: Samples) -> None:
         self.write({"event": "samples", "step": event.step, "splits": sorted(event.images)})
 
+    @best_effort
     def on_stored(self, event: Stored) -> None:
         self.write({"event": "stored", "task": event.task, "index": event.entry["index"],
                     "params": event.entry["params"]})
 
+    @best_effort
     def on_eval(self, event: Evaluated) -> None:
         self.write({"event": "eval", "task": event.task, "metrics": event.metrics})
 
+    @best_effort
     def on_end(self, event: End) -> None:
-        self.write({"event": "end", "time": round(event.seconds, 3), "error": event.error})
-        self.file.close()
+        if self.file is not None:
+            self.write({"event": "end", "time": round(event.seconds, 3), "error": event.error})
+            self.file.close()
 
 
 def _step_of(line: bytes) -> int:
@@ -107,12 +135,15 @@ class TensorBoardLog:
     """Scalars (losses, learning rates, metrics) and sample images for TensorBoard."""
 
     def __init__(self, folder: Path, every: int, writer_class: type):
-        self.folder, self.every, self.writer_class = folder, every, writer_class
+        self.where, self.every, self.writer_class = folder, every, writer_class
+        self.writer, self.failed = None, False
 
+    @best_effort
     def on_start(self, event: Start) -> None:
         self.total = event.total  # a resumed run replaces what was logged after its checkpoint
-        self.writer = self.writer_class(log_dir=str(self.folder), purge_step=event.start + 1 if event.start else None)
+        self.writer = self.writer_class(log_dir=str(self.where), purge_step=event.start + 1 if event.start else None)
 
+    @best_effort
     def on_step(self, event: Step) -> None:
         if _logged(event.step, event.total, self.every):
             for name, value in event.losses.items():
@@ -120,17 +151,21 @@ class TensorBoardLog:
             for name, value in event.lrs.items():
                 self.writer.add_scalar(f"lr/{name}", value, event.step)
 
+    @best_effort
     def on_samples(self, event: Samples) -> None:
         for split, images in event.images.items():
             self.writer.add_image(f"samples/{split}", (strips(*images) + 1) / 2, event.step)
 
+    @best_effort
     def on_eval(self, event: Evaluated) -> None:
         for task, row in event.metrics.items():
             for metric, value in row.items():
                 self.writer.add_scalar(f"metrics/{task}/{metric}", value, self.total)
 
+    @best_effort
     def on_end(self, event: End) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def tensorboard_log(request: Any) -> TensorBoardLog:
@@ -147,11 +182,12 @@ class SampleImages:
     """MODEL_DIR/logs/samples/TASK/STEP-SPLIT.png: condition | output | target, one image a row."""
 
     def __init__(self, folder: Path):
-        self.folder = folder
+        self.where, self.failed = folder, False
 
+    @best_effort
     def on_samples(self, event: Samples) -> None:
         for split, images in event.images.items():
-            write_image(strips(*images), self.folder / f"{event.step:07d}-{split}.png")
+            write_image(strips(*images), self.where / f"{event.step:07d}-{split}.png")
 
 
 @hookimpl

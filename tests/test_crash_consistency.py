@@ -96,15 +96,15 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 def unexpected_files(model: Path) -> set[str]:
-    """Files in the model directory that are neither named by the manifest nor a resumable checkpoint,
-    found without the store's own code (a checkpoint folder of a stored task counts as one)."""
+    """Files in the model directory that are neither named by the manifest nor a resumable checkpoint
+    nor a training log, found without the store's own code (a checkpoint folder of a stored task counts as one)."""
     manifest = json.loads((model / "manifest.json").read_text()) if (model / "manifest.json").exists() else {}
     tasks = manifest.get("tasks", [])
     stored = {t["name"] for t in tasks}
     named = {t[k] for t in tasks for k in ("file", "bank_file")} | {"manifest.json", ".lock"}
     found = set()
     for rel in snapshot(model) if model.exists() else {}:
-        if rel in named:
+        if rel in named or rel.startswith("logs/"):  # training logs are not model files
             continue
         parts = rel.split("/")
         if parts[0] == "checkpoints" and parts[1] in stored:

@@ -5,14 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from rich.console import Console
 
 import pbgan
 from pbgan_core.console import PlainProgress, progress_bar, sequence_progress, training_progress
 from pbgan_core.errors import PbganError
-from pbgan_core.events import End, Start, Step
+from pbgan_core.events import Start, Step
 from pbgan_core.store import ModelStore
 from pbgan_plugins.loggers import JsonlLog, read_log
 
@@ -223,3 +222,29 @@ def test_the_tasks_table_never_cuts_a_number_at_80_columns():
     text = target.export_text()
     assert "…" not in text and text.count("1,043,651,234") == 2 and text.count("psnr 23.456") == 2
     assert "3.7 GB" in text and max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_every_table_folds_names_before_cutting_a_number():
+    from rich.table import Table
+
+    from pbgan_core.console import keep_numbers_whole
+
+    tasks = ["facades_labels", "edges2shoes_long", "grayscale2color", "negative2photo", "horse2zebra_x"]
+    grid = Table(title="ssim after each task")
+    grid.add_column("after")
+    for task in tasks:
+        grid.add_column(task, justify="right", no_wrap=True)
+    for task in tasks:
+        grid.add_row(task, *["-12345.6789"] * len(tasks))
+    target = Console(width=80, record=True, file=io.StringIO())
+    target.print(keep_numbers_whole(grid))
+    assert target.export_text().count("-12345.6789") == len(tasks) ** 2
+
+
+def test_a_log_that_cannot_be_written_warns_once_and_training_goes_on(tmp_path):
+    from pbgan_plugins.loggers import LogWarning
+
+    (tmp_path / "logs").write_text("a file where the logs folder would be")
+    with pytest.warns(LogWarning, match="could not be written") as warned:
+        _jsonl_run(tmp_path / "logs" / "t.jsonl", 0, range(1, 11), resume=False)
+    assert len(warned) == 1
