@@ -108,11 +108,11 @@ def build_app() -> typer.Typer:
                                       "loss scaling)"),
         nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this machine (one per GPU, "
                                   "or CPU processes); same as torchrun --nproc_per_node N -m pbgan_core train"),
-        logger: Optional[list[str]] = typer.Option(None, "--logger", help="Also log with this logger plugin "
+        logger: Optional[list[str]] = typer.Option(None, "--logger", metavar="NAME", help="Also log with this logger plugin "
                                                    "(repeatable): tensorboard, samples, ... (see list-plugins); "
                                                    "MODEL_DIR/logs/TASK.jsonl is always written unless one is none"),
         log_every: int = typer.Option(10, "--log-every", help="Log the losses and learning rate every N steps"),
-        sample_every: int = typer.Option(0, "--sample-every", help="Translate a few fixed training and test "
+        sample_every: int = typer.Option(0, "--sample-every", show_default=False, help="Translate a few fixed training and test "
                                          "images every N steps for the samples and tensorboard loggers "
                                          "[default: ten times a run]"),
         model_dir: Optional[Path] = ModelDir,

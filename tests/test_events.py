@@ -248,3 +248,10 @@ def test_a_log_that_cannot_be_written_warns_once_and_training_goes_on(tmp_path):
     with pytest.warns(LogWarning, match="could not be written") as warned:
         _jsonl_run(tmp_path / "logs" / "t.jsonl", 0, range(1, 11), resume=False)
     assert len(warned) == 1
+
+
+@needs_data(FACADES)
+def test_listeners_need_the_run_in_this_process(tmp_path):
+    with pytest.raises(PbganError, match="use them with nproc=1"):
+        pbgan.train("pix2pix", "t", FACADES, model_dir=tmp_path, steps=1, nproc=2, listeners=[Recorder()], **SMALL)
+    assert not tmp_path.joinpath("manifest.json").exists()
