@@ -102,7 +102,10 @@ class Dispatcher:
             self.listeners.append(listener)
 
     def wants(self, event: str) -> bool:
-        return any(hasattr(listener, f"on_{event}") for listener in self.listeners)
+        """Whether a listener asks for `event`: one naming it in its `passive` only notes it when
+        others ask (the run makes samples only for those who look at them)."""
+        return any(hasattr(listener, f"on_{event}") and event not in getattr(listener, "passive", ())
+                   for listener in self.listeners)
 
     def emit(self, event: Any) -> None:
         if isinstance(event, Start):

@@ -8,7 +8,6 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .batchnorm import spread_indices
 from .errors import PbganError
 from .events import Samples, Step
 
@@ -17,14 +16,16 @@ SAMPLE_IMAGES = 4
 
 def fixed_images(dataset_plugin: Any, data: Path, opts: Mapping[str, Any], split: str, source: str,
                  target: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(conditions, targets) of a few images spread over the split, without augmentation; None
-    when the split does not exist. The global RNG is left as it was: sampling must not change training."""
+    """(conditions, targets) of the split's first few images, without augmentation; None when the
+    split does not exist. Only those images are read, and the global RNG is left as it was:
+    sampling must not change training."""
+    first = dict(opts, max_images=min(opts.get("max_images") or SAMPLE_IMAGES, SAMPLE_IMAGES))
     with torch.random.fork_rng(devices=[]):
         try:
-            images = dataset_plugin.build(data, split, opts, train=False)
+            images = dataset_plugin.build(data, split, first, train=False)
         except PbganError:
             return None
-        items = [images[i] for i in spread_indices(len(images), SAMPLE_IMAGES)]
+        items = [images[i] for i in range(min(len(images), SAMPLE_IMAGES))]
     if not items:
         return None
     return torch.stack([item[source] for item in items]), torch.stack([item[target] for item in items])

@@ -76,6 +76,8 @@ class JsonlLog:
     """MODEL_DIR/logs/TASK.jsonl: a new run starts it afresh, a resumed one appends after the
     lines of the steps its checkpoint kept."""
 
+    passive = ("samples",)  # notes samples other loggers asked for
+
     def __init__(self, path: Path, every: int, resume: bool):
         self.where, self.every, self.resume = path, every, resume
         self.file, self.failed = None, False
