@@ -12,12 +12,14 @@ earlier line whole; `read_log` skips a torn last line.
 from __future__ import annotations
 
 import functools
+import html
 import itertools
 import json
 import warnings
 from pathlib import Path
 from typing import Any
 
+from pbgan_core.atomic import atomic_write_bytes
 from pbgan_core.errors import PbganError
 from pbgan_core.events import End, Evaluated, Samples, Start, Step, Stored
 from pbgan_core.hookspecs import hookimpl
@@ -181,15 +183,21 @@ def tensorboard_log(request: Any) -> TensorBoardLog:
 
 
 class SampleImages:
-    """MODEL_DIR/logs/samples/TASK/STEP-SPLIT.png: condition | output | target, one image a row."""
+    """MODEL_DIR/logs/samples/TASK/STEP-SPLIT.png: condition | output | target, one image a row, and
+    an index.html showing them newest first (the reference code's web/ folder)."""
 
     def __init__(self, folder: Path):
-        self.where, self.failed = folder, False
+        self.where, self.failed, self.shown = folder, False, []
 
     @best_effort
     def on_samples(self, event: Samples) -> None:
-        for split, images in event.images.items():
-            write_image(strips(*images), self.where / f"{event.step:07d}-{split}.png")
+        names = [write_image(strips(*images), self.where / f"{event.step:07d}-{split}.png").name
+                 for split, images in event.images.items()]
+        self.shown.insert(0, f"<h3>step {event.step}</h3>" + "".join(
+            f'<figure><img src="{name}"><figcaption>{name[8:-4]}: condition | output | target</figcaption></figure>'
+            for name in names))
+        page = f"<!doctype html><title>{html.escape(event.task)} samples</title>{''.join(self.shown)}\n"
+        atomic_write_bytes(self.where / "index.html", page.encode())
 
 
 @hookimpl

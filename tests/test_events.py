@@ -103,7 +103,9 @@ def test_sample_strips_are_written_as_pngs(logged):
     root, _, _, _ = logged
     folder = root / "logged" / "logs" / "samples" / "facades"
     assert sorted(p.name for p in folder.iterdir()) == [f"{s:07d}-{split}.png" for s in (2, 4, 5)
-                                                        for split in ("test", "train")]
+                                                        for split in ("test", "train")] + ["index.html"]
+    page = (folder / "index.html").read_text()
+    assert page.index("step 5") < page.index("step 2") and page.count('<img src="0000004-') == 2
     assert Image.open(folder / "0000005-test.png").size == (3 * 32, 3 * 32)  # condition | output | target rows
 
 
