@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from . import distributed
+from .console import training_progress
 from .engine import (DIRECTIONS, TrainRequest, evaluate_task, load_generators, option_table, pick_device,
                      record_missing_stages, train_task)
 from .errors import PbganError, UsageError
@@ -88,9 +89,13 @@ def train_request(arch: str, task: str, data: str | Path | None = None, *, model
                   epochs: int | None = None, epochs_decay: int | None = None, batch_size: int = 1,
                   factorizer: str = "piggyback", dataset: str | None = None, derive: str | None = None,
                   device: str = "auto", seed: int = 0, resume: bool = False, checkpoint_every: int = 200,
-                  precision: str = "fp32", plugins: Plugins | None = None, **options: Any) -> TrainRequest:
+                  precision: str = "fp32", loggers: Sequence[str] = (), log_every: int = 10, sample_every: int = 0,
+                  plugins: Plugins | None = None, **options: Any) -> TrainRequest:
     """Check a training request as `pbgan train` does; `options` are the plugins' options."""
     plugins = plugins or get_plugins()
+    if log_every < 1 or sample_every < 0:
+        raise UsageError(f"--log-every must be at least 1 and --sample-every at least 0 (0: ten times a run), "
+                         f"got {log_every} and {sample_every}")
     table, owner = train_options(arch, factorizer, dataset, derive, plugins)
     extra = check_options(options, table, owner)
     if derive:
@@ -110,7 +115,16 @@ def train_request(arch: str, task: str, data: str | Path | None = None, *, model
     return TrainRequest(arch=arch, task=task, data=Path(data), model_dir=Path(model_dir or default_model_dir()),
                         direction=direction, size=size, steps=steps, epochs=epochs, epochs_decay=epochs_decay,
                         batch_size=batch_size, factorizer=factorizer, dataset=dataset, device=device, seed=seed,
-                        extra=extra, resume=resume, checkpoint_every=checkpoint_every, precision=precision)
+                        extra=extra, resume=resume, checkpoint_every=checkpoint_every, precision=precision,
+                        loggers=logger_names(loggers, plugins), log_every=log_every, sample_every=sample_every)
+
+
+def logger_names(names: Sequence[str], plugins: Plugins) -> tuple[str, ...]:
+    """The loggers of a run: jsonl and the ones named; with "none" among them, only the others."""
+    chosen = tuple(n for n in dict.fromkeys(names if "none" in names else ("jsonl", *names)) if n != "none")
+    for name in chosen:
+        plugins.loggers.get(name)
+    return chosen
 
 
 def _as_flags(extra: Mapping[str, Any]) -> list[str]:
@@ -124,19 +138,26 @@ def _as_flags(extra: Mapping[str, Any]) -> list[str]:
     return flags
 
 
-def train(arch: str, task: str, data: str | Path | None = None, *, progress: ProgressFn | None = None,
-          nproc: int = 1, **kwargs: Any) -> Task | None:
+def train(arch: str, task: str, data: str | Path | None = None, *, progress: bool | ProgressFn | None = True,
+          listeners: Sequence[Any] = (), nproc: int = 1, **kwargs: Any) -> Task | None:
     """Train a new task of the model in `model_dir` (the first task seeds the filter bank) and
-    return it. Takes the options of `pbgan train` as keywords; `progress(step, total, losses)`
-    is called after every step. Returns None in the worker processes of a distributed run."""
+    return it. Takes the options of `pbgan train` as keywords (`loggers=["tensorboard"]`).
+    `progress`: True shows a bar (plain lines without a terminal), False none, a function
+    `progress(step, total, losses)` is called after every step; `listeners` hear every event
+    (pbgan_core/events.py). Returns None in the worker processes of a distributed run."""
     plugins = kwargs.pop("plugins", None) or get_plugins()
     request = train_request(arch, task, data, plugins=plugins, **kwargs)
+    if nproc != 1 and (listeners or callable(progress)):
+        raise UsageError("listeners and a progress function hear a run in this process only: "
+                         "use them with nproc=1 (the first of several processes shows its own bar)")
+    if progress is True:
+        listeners, progress = [training_progress(task), *listeners], None
     if nproc != 1:
         code = distributed.launch(nproc, distributed.train_arguments(request, _as_flags(request.extra)))
         if code:
             raise PbganError(f"training with {nproc} processes failed (exit {code}); see the messages above")
         return Task.from_entry(ModelStore(request.model_dir).task(task))
-    entry = train_task(request, plugins, progress)
+    entry = train_task(request, plugins, progress or None, listeners)
     return Task.from_entry(entry) if entry else None
 
 

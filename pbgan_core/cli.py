@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from . import __version__, api, distributed
-from .console import console, errors, training_progress
+from . import __version__, api
+from .console import console, errors, keep_numbers_whole
 from .errors import PbganError
 from .options import parse_extra_args
 from .plugins import get_plugins
@@ -108,20 +108,24 @@ def build_app() -> typer.Typer:
                                       "loss scaling)"),
         nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this machine (one per GPU, "
                                   "or CPU processes); same as torchrun --nproc_per_node N -m pbgan_core train"),
+        logger: Optional[list[str]] = typer.Option(None, "--logger", metavar="NAME", help="Also log with this logger plugin "
+                                                   "(repeatable): tensorboard, samples, ... (see list-plugins); "
+                                                   "MODEL_DIR/logs/TASK.jsonl is always written unless one is none"),
+        log_every: int = typer.Option(10, "--log-every", help="Log the losses and learning rate every N steps"),
+        sample_every: int = typer.Option(0, "--sample-every", show_default=False, help="Translate a few fixed training and test "
+                                         "images every N steps for the samples and tensorboard loggers "
+                                         "[default: ten times a run]"),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
         """Train a new task of the lifelong model: the first task seeds the filter bank, later
         tasks piggyback on it."""
         table, owner = api.train_options(arch, factorizer, dataset, derive)
         extra = parse_extra_args(ctx.args, table, owner)
-        progress, update = training_progress(f"{task}")
-        progress.disable = nproc != 1 or not distributed.is_main_process()
-        with progress:
-            trained = api.train(arch, task, data, model_dir=model_dir, direction=direction, size=size, steps=steps,
-                                epochs=epochs, epochs_decay=epochs_decay, batch_size=batch_size,
-                                factorizer=factorizer, dataset=dataset, derive=derive, device=device, seed=seed,
-                                resume=resume, checkpoint_every=checkpoint_every, precision=precision, nproc=nproc,
-                                progress=update, **extra)
+        trained = api.train(arch, task, data, model_dir=model_dir, direction=direction, size=size, steps=steps,
+                            epochs=epochs, epochs_decay=epochs_decay, batch_size=batch_size,
+                            factorizer=factorizer, dataset=dataset, derive=derive, device=device, seed=seed,
+                            resume=resume, checkpoint_every=checkpoint_every, precision=precision, nproc=nproc,
+                            loggers=logger or (), log_every=log_every, sample_every=sample_every, **extra)
         if trained is None:  # not rank 0 of a distributed run: rank 0 reports
             return
         p = trained.params
@@ -165,14 +169,7 @@ def build_app() -> typer.Typer:
         if json_out:
             print(json.dumps({"model_dir": str(store.root), "tasks": rows, "totals": totals}, indent=2))
             return
-        table = Table(title=f"tasks in {store.root}")
-        for col in ("#", "task", "arch", "factorizer", "stored params", "x standalone", "file size", "metrics"):
-            table.add_column(col, justify="right" if col in ("#", "stored params", "x standalone", "file size") else "left")
-        for r in rows:
-            metrics = " ".join(f"{k} {v:.3f}" for k, v in (r["metrics"] or {}).items())
-            table.add_row(str(r["index"]), r["name"], r["arch"], r["factorizer"], f"{r['stored_parameters']:,}",
-                          f"{r['ratio_to_standalone']:.3f}", _human(r["file_bytes"]), metrics)
-        console.print(table)
+        console.print(tasks_table(f"tasks in {store.root}", rows))
         console.print(f"total stored: {totals['stored_parameters']:,} parameters "
                       f"({totals['ratio_to_standalone_per_task']:.3f} of one standalone generator per task, "
                       f"{totals['stored_parameters'] / max(totals['standalone_parameters'], 1):.3f} of one); "
@@ -234,6 +231,22 @@ def add_plugin_commands(app: typer.Typer) -> None:
         info = plugins.info.get(impl.plugin_name)
         if info is not None and added:
             info.provides["commands"] = sorted(set(info.provides.get("commands", [])) | added)
+
+
+def tasks_table(title: str, rows: list[dict]) -> Table:
+    """`pbgan tasks`: one row per task, one metric a line; numbers stay whole at 80 columns."""
+    table = Table(title=title)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("task")
+    table.add_column("arch\nfactorizer")
+    for header in ("stored\nparams", "x stand-\nalone", "file\nsize"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("metrics", no_wrap=True)
+    for r in rows:
+        metrics = "\n".join(f"{k} {v:.3f}" for k, v in (r["metrics"] or {}).items())
+        table.add_row(str(r["index"]), r["name"], f"{r['arch']}\n{r['factorizer']}", f"{r['stored_parameters']:,}",
+                      f"{r['ratio_to_standalone']:.3f}", _human(r["file_bytes"]), metrics)
+    return keep_numbers_whole(table)
 
 
 def _human(n: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from .console import console, sequence_progress
+from .console import console, keep_numbers_whole, sequence_progress
 from .engine import TrainRequest, eval_split, probe_task, train_task
 from .images import read_image, write_image
 from .plugins import Plugins, get_plugins
@@ -128,7 +128,7 @@ def run_demo(out: Path, steps: int = 500, size: int = 64, device: str = "cpu",
             request = TrainRequest(arch="pix2pix", task=task.name, data=photos, model_dir=model_dir, size=size,
                                    steps=steps, batch_size=4, dataset="derived", device=device, seed=0,
                                    extra={"derive": task.derive, **OPTIONS, **(options or {})})
-            train_task(request, plugins, start_task(task.name))
+            train_task(request, plugins, listeners=[start_task(task.name)])
     store = ModelStore(model_dir)
     console.print(summary_table(store, plugins, tasks, time.perf_counter() - started))
     console.print("base: the trivial answer (the condition itself, or the mean photo); x gen: stored parameters / "
@@ -147,7 +147,8 @@ def run_demo(out: Path, steps: int = 500, size: int = 64, device: str = "cpu",
 def summary_table(store: ModelStore, plugins: Plugins, tasks: tuple[DemoTask, ...], seconds: float) -> Table:
     table = Table(title=f"pbgan demo: {len(tasks)} lifelong tasks in {seconds:.0f} s")
     for col in ("task", "learns", "x gen", "PSNR", "base", "SSIM", "base", "forgot"):
-        table.add_column(col, justify="left" if col in ("task", "learns") else "right")
+        table.add_column(col, justify="left" if col in ("task", "learns") else "right",
+                         no_wrap=col not in ("task", "learns"))
     final = store.manifest["stages"][-1]["metrics"]
     for task in tasks:
         entry = store.task(task.name)
@@ -155,4 +156,4 @@ def summary_table(store: ModelStore, plugins: Plugins, tasks: tuple[DemoTask, ..
         table.add_row(task.name, task.what, f"{p['stored'] / p['standalone']:.2f}", f"{m['psnr']:.1f}",
                       f"{base['psnr']:.1f}", f"{m['ssim']:.2f}", f"{base['ssim']:.2f}",
                       f"{m['ssim'] - final[task.name]['ssim']:.3f}")
-    return table
+    return keep_numbers_whole(table)

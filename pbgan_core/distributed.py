@@ -187,4 +187,6 @@ def train_arguments(req: Any, extra_args: list[str]) -> list[str]:
                         ("--derive", req.extra.get("derive"))):
         if value is not None:
             args += [flag, str(value)]
+    args += [a for name in req.loggers for a in ("--logger", name)] or ["--logger", "none"]
+    args += ["--log-every", str(req.log_every), "--sample-every", str(req.sample_every)]
     return args + (["--resume"] if req.resume else []) + list(extra_args)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import itertools
 import math
 import shlex
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,11 +22,13 @@ from .batchnorm import has_batchnorm, recompute_batchnorm, spread_indices
 from .checkpoint import (DeferredInterrupt, checkpoint_path, load_checkpoint, remove_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .errors import PbganError
+from .events import Dispatcher, Evaluated, Periodic, ProgressCallback, RunState, Start, Stored, learning_rates
 from .interfaces import Architecture
 from .options import Option, defaults
 from .plugins import Plugins
 from .manifest import DIRECTIONS
 from .protocol import DEFAULT_PROTOCOL, check_protocol, image_seed, translate
+from .samples import sample_maker
 from .store import ModelStore, check_task_name, stored_options
 
 ENGINE_OPTIONS = (
@@ -60,6 +63,9 @@ class TrainRequest:
     resume: bool = False
     checkpoint_every: int = 200
     precision: str = "fp32"
+    loggers: tuple[str, ...] = ("jsonl",)  # logger plugins, by name
+    log_every: int = 10
+    sample_every: int = 0  # 0: ten times a run
 
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
@@ -372,7 +378,10 @@ class _Stage:
             raise Interrupted(_not_stored(self.store, self.task, self.doing)) from None
 
 
-def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None = None) -> dict[str, Any]:
+def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None = None,
+               listeners: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train and store one task. The request's loggers, `progress(step, total, losses)` and
+    `listeners` (see events.py) hear the run's events, in the first process only."""
     check_task_name(req.task)
     store = ModelStore(req.model_dir)
     if store.has_task(req.task):  # an early answer; asked again under the lock
@@ -384,9 +393,10 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
     device = pick_device(req.device)
     amp = distributed.autocast(device, req.precision)
     ranks, device = distributed.start(device)
+    events = Dispatcher(_listeners(req, plugins, progress, listeners) if ranks.main else (), enabled=ranks.main)
 
     writing = store.transaction() if ranks.main else contextlib.nullcontext()  # only rank 0 writes
-    with writing, _Stage(store, req.task) as stage:
+    with writing, _Stage(store, req.task) as stage, events:
         distributed.read_manifest_under_main_lock(store, ranks)
         if store.has_task(req.task):  # asked again: the manifest was read again under the lock
             raise _taken(store, req.task)
@@ -418,60 +428,30 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         if req.precision == "fp16":
             distributed.enable_loss_scaling(trainer, req.arch, device)
 
-        start, earlier_seconds, losses = 0, 0.0, {}
-        if ckpt is not None:
-            _check_resumable(ckpt, req, opts, total, store, bank.fingerprint(), checkpoint_path(store.root, req.task))
-            for gname, gen in generators.items():
-                gen.load_state_dict(ckpt["generators"][gname])
-            if ckpt["trainer"] is not None:  # None: the generators kept at the end, nothing left to train
-                trainer.load_state_dict(ckpt["trainer"])
-                set_rng_state(ckpt["rng"])
-            start, earlier_seconds, losses = ckpt["step"], ckpt["seconds"], ckpt["losses"]
-        modules = distributed.trainer_modules(generators, trainer)
-        distributed.broadcast_weights(modules, ranks)
-        distributed.average_gradients(modules, ranks)
+        run = _resume(store, req, ckpt, opts, total, bank, generators, trainer)
+        start = run.step
         memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
-        for module in modules:
-            module.to(memory_format=memory_format)
-            if opts["compile"]:
-                module.compile()  # in place: parameter names, and so stored files, stay the same
-
-        started = time.perf_counter()
-
-        def save(done: int, resumable: bool = True) -> Path:
-            """The training state after `done` steps; without `resumable` the generators only."""
-            return save_checkpoint(store.root, req.task, {
-                "step": done, "total": total, "seconds": earlier_seconds + time.perf_counter() - started,
-                "losses": losses, "bank_fingerprint": bank.fingerprint(), "options": _json_options(opts),
-                "request": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(req).items()},
-                "generators": {g: gen.state_dict() for g, gen in generators.items()},
-                "trainer": trainer.state_dict() if resumable else None, "rng": rng_state() if resumable else None})
-
-        def checkpoint(done: int) -> Path:
-            try:
-                return save(done)
-            except PbganError as exc:
-                raise PbganError(_not_stored(store, req.task, f"saving a checkpoint failed ({exc})")) from None
-
+        modules = _prepare_modules(generators, trainer, opts, ranks, memory_format)
+        save = functools.partial(_save_checkpoint, store, req, opts, run, bank, generators, trainer)
+        checkpoint = functools.partial(_checkpoint_or_stop, save, store, req.task)
+        events.add(Periodic(req.checkpoint_every, checkpoint))
+        if events.wants("samples"):
+            events.add(sample_maker(events, req, arch, dataset_plugin, opts, generators, device, total))
+        events.emit(Start(req.task, store.root, _json_options(opts), total, start))
         batches = _batches(train_data, req.batch_size, opts["num_workers"], req.seed, start, ranks)
         stage.doing = "interrupted again"  # the first Ctrl-C is deferred to a step boundary
         with DeferredInterrupt() as interrupt:
-            for step, batch in zip(range(start, total), batches):
+            for batch in itertools.islice(batches, total - start):
+                lrs = learning_rates(trainer)
                 with amp:
                     losses = trainer.step(to_device(batch, device, memory_format))
-                if not all(math.isfinite(v) for v in losses.values()):
-                    raise PbganError(f"training diverged at step {step + 1} (losses {losses}); lower --lr")
-                if progress and ranks.main:
-                    progress(step + 1, total, losses)
-                if interrupt.requested and not ranks.main:
-                    raise Interrupted(f"interrupted at step {step + 1} of {total}")
-                if interrupt.requested:
-                    checkpoint(step + 1)
-                    raise Interrupted(_not_stored(store, req.task, f"interrupted at step {step + 1} of {total}"))
-                if (req.checkpoint_every > 0 and (step + 1) % req.checkpoint_every == 0 and step + 1 < total
-                        and ranks.main):
-                    checkpoint(step + 1)
-        seconds = earlier_seconds + time.perf_counter() - started
+                events.emit(run.advance(losses, lrs))
+                if interrupt.requested:  # the first process keeps the state so far
+                    why = f"interrupted at step {run.step} of {total}"
+                    if ranks.main:
+                        checkpoint(run.step)
+                    raise Interrupted(_not_stored(store, req.task, why) if ranks.main else why)
+        seconds = run.seconds
         distributed.record_weights(modules, ranks)
         if not ranks.main:  # rank 0 stores the task; the others wait for it and leave
             distributed.finish(ranks)
@@ -492,16 +472,71 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             "data": str(req.data), "direction": req.direction, "options": json_opts, "signature": signature,
             "params": {"stored": stored, "standalone": standalone, "bank_before": bank.size(),
                        "bank_added": sum(t.numel() for t in new_filters.values())},
-            "train": {"steps": total, "seconds": round(seconds, 3), "final_losses": losses,
+            "train": {"steps": total, "seconds": round(seconds, 3), "final_losses": run.losses,
                       "device": str(device), "pbgan": __version__, "processes": ranks.world,
                       "precision": req.precision},
         }
         if start:
             entry["train"]["resumed_at_step"] = start
-        store_task(store, plugins, entry, task_tensors, new_filters, bank.fingerprint(),
-                   keep=lambda: unsaved is not None and not _save_failure(lambda: save(total, resumable=False)))
+        row = store_task(store, plugins, entry, task_tensors, new_filters, bank.fingerprint(),
+                         keep=lambda: unsaved is not None and not _save_failure(lambda: save(total, resumable=False)))
+        events.emit(Stored(req.task, store.task(req.task)))
+        events.emit(Evaluated(req.task, row))
     distributed.finish(ranks)
     return store.task(req.task)
+
+
+def _listeners(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None, listeners: Sequence[Any]) -> list:
+    """The request's loggers, then the caller's progress callback and listeners."""
+    loggers = [plugins.loggers.get(name).create(req) for name in req.loggers]
+    return [*loggers, *([ProgressCallback(progress)] if progress else []), *listeners]
+
+
+def _resume(store: ModelStore, req: TrainRequest, ckpt: Mapping[str, Any] | None, opts: Mapping[str, Any],
+            total: int, bank: Any, generators: Mapping[str, nn.Module], trainer: Any) -> RunState:
+    """The run's state: fresh, or that of the checkpoint, whose weights, trainer and RNG are restored."""
+    run = RunState(req.task, total, opts["steps_per_epoch"])
+    if ckpt is not None:
+        _check_resumable(ckpt, req, opts, total, store, bank.fingerprint(), checkpoint_path(store.root, req.task))
+        for gname, gen in generators.items():
+            gen.load_state_dict(ckpt["generators"][gname])
+        if ckpt["trainer"] is not None:  # None: the generators kept at the end, nothing left to train
+            trainer.load_state_dict(ckpt["trainer"])
+            set_rng_state(ckpt["rng"])
+        run.step, run.earlier_seconds, run.losses = ckpt["step"], ckpt["seconds"], ckpt["losses"]
+    return run
+
+
+def _prepare_modules(generators: Mapping[str, nn.Module], trainer: Any, opts: Mapping[str, Any],
+                     ranks: distributed.Ranks, memory_format: torch.memory_format) -> list[nn.Module]:
+    """Every trained module, the same in every process, in the memory format asked for, compiled if asked."""
+    modules = distributed.trainer_modules(generators, trainer)
+    distributed.broadcast_weights(modules, ranks)
+    distributed.average_gradients(modules, ranks)
+    for module in modules:
+        module.to(memory_format=memory_format)
+        if opts["compile"]:
+            module.compile()  # in place: parameter names, and so stored files, stay the same
+    return modules
+
+
+def _save_checkpoint(store: ModelStore, req: TrainRequest, opts: Mapping[str, Any], run: RunState, bank: Any,
+                     generators: Mapping[str, nn.Module], trainer: Any, done: int, resumable: bool = True) -> Path:
+    """The training state after `done` steps; without `resumable` the generators only."""
+    return save_checkpoint(store.root, req.task, {
+        "step": done, "total": run.total, "seconds": run.seconds,
+        "losses": run.losses, "bank_fingerprint": bank.fingerprint(), "options": _json_options(opts),
+        "request": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(req).items()},
+        "generators": {g: gen.state_dict() for g, gen in generators.items()},
+        "trainer": trainer.state_dict() if resumable else None, "rng": rng_state() if resumable else None})
+
+
+def _checkpoint_or_stop(save: Callable[[int], Path], store: ModelStore, task: str, done: int) -> Path:
+    """A checkpoint during training: a failure to write it stops the run, saying what was kept."""
+    try:
+        return save(done)
+    except PbganError as exc:
+        raise PbganError(_not_stored(store, task, f"saving a checkpoint failed ({exc})")) from None
 
 
 def _recompute_batchnorm(req: TrainRequest, arch: Architecture, dataset_plugin: Any, opts: Mapping[str, Any],
@@ -534,11 +569,11 @@ def _save_failure(save: Callable[[], Path]) -> PbganError | None:
 
 def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_tensors: dict[str, torch.Tensor],
                new_filters: dict[str, torch.Tensor], bank_fingerprint: str,
-               keep: Callable[[], bool] | None = None) -> None:
+               keep: Callable[[], bool] | None = None) -> dict[str, dict[str, float]]:
     """Commit a task (with the probe output of its stored files), drop its checkpoint and record
-    its metrics row. Inside a transaction. A message says what was kept when any step fails; if
-    the task is not stored, `keep()` saves what it can of the trained weights first (the task's
-    own files are removed again by then, freeing their space)."""
+    its metrics row, which it returns. Inside a transaction. A message says what was kept when any
+    step fails; if the task is not stored, `keep()` saves what it can of the trained weights first
+    (the task's own files are removed again by then, freeing their space)."""
     name = entry["name"]
 
     def add_probe(e: dict[str, Any]) -> None:
@@ -547,7 +582,7 @@ def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_
     try:
         store.add_task(entry, task_tensors, new_filters, bank_fingerprint, finish=add_probe)
         remove_checkpoint(store.root, name)
-        evaluate_all(store, plugins, after=name)
+        return evaluate_all(store, plugins, after=name)
     except (PbganError, KeyboardInterrupt) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         error = Interrupted if interrupted else PbganError

@@ -40,6 +40,11 @@ def register_generators(register):
 
 
 @hookspec
+def register_loggers(register):
+    """Register `pbgan_core.interfaces.Logger` instances (`pbgan train --logger NAME`)."""
+
+
+@hookspec
 def register_commands(cli):
     """Add commands to the Typer app `cli`."""
 

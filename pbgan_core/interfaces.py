@@ -100,3 +100,15 @@ class GeneratorFamily:
     build: Callable[..., nn.Module]
     names: tuple[str, ...] = ()
     description: str = ""
+
+
+@dataclass
+class Logger:
+    """Records a training run. `create(request)` gets the `TrainRequest` (model_dir, task, resume,
+    log_every, sample_every, ...) in the first process before training starts, and returns a
+    listener of the run's events (see pbgan_core/events.py). Missing dependencies are a
+    `PbganError` raised by `create`."""
+
+    name: str
+    create: Callable[[Any], Any]
+    description: str = ""

@@ -13,7 +13,7 @@ from . import hookspecs
 from .errors import PbganError, UsageError
 
 GROUP = "pbgan"
-KINDS = ("architectures", "datasets", "losses", "factorizers", "metrics", "generators")
+KINDS = ("architectures", "datasets", "losses", "factorizers", "metrics", "generators", "loggers")
 
 
 class PluginWarning(UserWarning):

@@ -4,6 +4,7 @@
     bank/0001-NAME.safetensors   filters each task added to the bank (append-only)
     tasks/0001-NAME.safetensors  everything else each task's forward needs
     checkpoints/NAME/        the state of a task being trained, until the manifest names it
+    logs/                    training logs (not model files: never leftovers, never a task's name)
 
 Every change happens inside `ModelStore.transaction()`: the directory's lock is taken first and
 the manifest re-read under it, so two commands never write over each other's tasks. Writes are
@@ -48,6 +49,7 @@ OPTIONS_ADDED = {
 MODEL_DIR_ENV = "PBGAN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "pbgan-model"
 CHECKPOINTS = "checkpoints"
+LOGS = "logs"
 # task and bank files (NNNN-NAME.safetensors) and the temporary files of their atomic writes
 STORED_FILE = re.compile(r"^\.?\d{4}-[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors(\.[A-Za-z0-9_]+\.tmp)?$")
 WHOLE_FILE = re.compile(r"^(\d{4})-([A-Za-z0-9][A-Za-z0-9._-]*)\.safetensors$")

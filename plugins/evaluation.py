@@ -21,7 +21,7 @@ def register_commands(cli):
 
     from pbgan_core.api import Model
     from pbgan_core.cli import ModelDir, ProtocolOption
-    from pbgan_core.console import console
+    from pbgan_core.console import console, keep_numbers_whole
     from pbgan_core.lock import ModelInUse
     from pbgan_core.protocol import check_protocol
     from pbgan_core.report import baseline_ratios, require_shared_tasks
@@ -96,29 +96,30 @@ def register_commands(cli):
         table = Table(title=f"metrics now ({model.root}), protocol {protocol}")
         table.add_column("task")
         for name in names:
-            table.add_column(name, justify="right")
+            table.add_column(name, justify="right", no_wrap=True)
         for t, values in now.items():
             table.add_row(t, *[_fmt(values[n]) for n in names])
-        console.print(table)
+        console.print(keep_numbers_whole(table))
         if ratios:
             compared = Table(title=f"ratio to the baseline {baseline}")
             compared.add_column("task")
             for name in [*names, "stored"]:
-                compared.add_column(f"{name} ratio" if name != "stored" else "stored params ratio", justify="right")
+                compared.add_column(f"{name} ratio" if name != "stored" else "stored params ratio", justify="right",
+                                    no_wrap=True)
             for t, values in ratios.items():
                 compared.add_row(t, *[_fmt(values[n]) for n in [*names, "stored"]])
-            console.print(compared)
+            console.print(keep_numbers_whole(compared))
         if not stages:
             return
         grid = Table(title=f"{matrix_metric} after each task, recorded under protocol "
                            f"{', '.join(dict.fromkeys(protocols))}")
         grid.add_column("after")
         for t in tasks:
-            grid.add_column(t, justify="right")
+            grid.add_column(t, justify="right", no_wrap=True)
         for stage, row in zip(stages, matrix):
             grid.add_row(stage["after"], *[_fmt(v) for v in row])
         grid.add_row("forgetting", *[_fmt(drops[t]) for t in tasks], style="bold")
-        console.print(grid)
+        console.print(keep_numbers_whole(grid))
         console.print(f"rows: after training task i; columns: task j; {'higher' if higher else 'lower'} is better; "
                       "forgetting: best earlier value minus the final one, positive = got worse")
 

@@ -45,14 +45,17 @@ def test_pip_install_makes_the_plugin_appear_with_its_version(installed):
     rows = {r["name"]: r for r in json.loads(run(*PBGAN, "list-plugins", "--json").stdout)}
     example = rows["example"]
     assert example["distribution"] == "pbgan-example-plugin" and example["version"] == "0.1.0"
-    assert example["provides"] == {"architectures": ["tinygan"], "datasets": ["shapes"]}
+    assert example["provides"] == {"architectures": ["tinygan"], "datasets": ["shapes"], "loggers": ["csv"]}
 
 
 def test_the_plugins_architecture_trains_and_generates(installed, tmp_path):
     model = tmp_path / "model"
     common = ["--size", "16", "--steps", "3", "--ngf", "4", "--ndf", "4", "--shapes-count", "4",
               "--eval-images", "2", "--device", "cpu", "--model-dir", model]
-    run(*PBGAN, "train", "--arch", "tinygan", "--task", "shapes1", "--data", "synthetic", *common)
+    run(*PBGAN, "train", "--arch", "tinygan", "--task", "shapes1", "--data", "synthetic", "--logger", "csv", *common)
+    rows = (model / "logs" / "shapes1.csv").read_text().splitlines()  # the plugin's logger, beside the jsonl log
+    assert rows[0] == "step,lr,G_GAN,G_L1,D" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert (model / "logs" / "shapes1.jsonl").exists()
     # a 4-filter-wide generator: its coefficients alone take more than the default --budget
     run(*PBGAN, "train", "--arch", "tinygan", "--task", "shapes2", "--data", "synthetic", "--budget", "0.5", *common)
     report = json.loads(run(*PBGAN, "tasks", "--json", "--model-dir", model).stdout)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from pbgan_core import atomic
 from pbgan_core.checkpoint import flatten_state, load_checkpoint, unflatten_state
 from pbgan_core.store import ModelStore
+from pbgan_plugins.loggers import read_log
 from tests.conftest import FACADES, TINY, needs_data, one_line_error
 
 pytestmark = needs_data(FACADES)
@@ -68,7 +69,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(cli, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     killed_at = load_checkpoint(interrupted, "second")["step"]
     assert 0 < killed_at < 40
-    assert {k: v for k, v in snapshot(interrupted).items() if not k.startswith(("checkpoints", ".lock"))} == before
+    assert {k: v for k, v in snapshot(interrupted).items()
+            if not k.startswith(("checkpoints", ".lock", "logs/second"))} == before
 
     code, _, err = cli(*second, "--model-dir", interrupted, expect=1)  # a checkpoint exists: no silent restart
     assert "--resume" in err
@@ -79,6 +81,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(cli, tmp_path):
     assert all(after[k] == v for k, v in before.items() if k != "manifest.json")  # earlier files untouched
     assert not (interrupted / "checkpoints").exists()
     assert ModelStore(interrupted).task("second")["train"]["resumed_at_step"] == killed_at
+    # the log goes on from the checkpoint: every step once, in order, whatever was logged after it dropped
+    log = read_log(interrupted / "logs" / "second.jsonl")
+    assert [r["start"] for r in log if r["event"] == "start"] == [0, killed_at]
+    steps = [r["step"] for r in log if r["event"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == 40 and log[-1] == {**log[-1], "event": "end", "error": None}
     for rel in ("tasks/0002-second.safetensors", "bank/0002-second.safetensors"):
         resumed, straight = load_file(interrupted / rel), load_file(reference / rel)
         assert resumed.keys() == straight.keys()

@@ -1,6 +1,7 @@
-"""An example pbgan plugin: one entry point, two hooks."""
+"""An example pbgan plugin: one entry point, three hooks."""
 from pbgan_core.hookspecs import hookimpl
 
+from .csvlog import LOGGER
 from .shapes import ShapesDataset
 from .tinygan import TinyGAN
 
@@ -15,3 +16,8 @@ def register_architectures(register):
 @hookimpl
 def register_datasets(register):
     register(ShapesDataset())
+
+
+@hookimpl
+def register_loggers(register):
+    register(LOGGER)
