@@ -111,6 +111,7 @@ def train_request(arch: str, task: str, data: str | Path | None = None, *, model
     if direction is None:
         direction = known[1] if known else "AtoB"
     model_dir = as_path(model_dir, "--model-dir") if model_dir is not None else default_model_dir()
+    device = str(device) if isinstance(device, torch.device) else device
     return check_request(TrainRequest(
         arch=arch, task=task, data=as_path(data, "--data"), model_dir=model_dir, direction=direction, size=size,
         steps=steps, epochs=epochs, epochs_decay=epochs_decay, batch_size=batch_size, factorizer=factorizer,

@@ -17,6 +17,7 @@ from .options import Option
 SEED_MAX = 2**32 - 1
 
 REQUEST_FIELDS = (
+    Option("task", ""),
     Option("size", 256, min=8),
     Option("steps", None, type=int, min=1),
     Option("epochs", None, type=int, min=0),

@@ -30,7 +30,7 @@ ENGINE_OPTIONS = (
     Option("init", "auto", "warm: start a later task from the latest task's generator; scratch: fresh weights; "
            "auto: the factorizer's choice (warm, except for standalone)", choices=("auto", "warm", "scratch")),
     Option("eval-images", 32, "test images per task used for the metrics after each task (0: all)", min=0),
-    Option("num-workers", 0, "data loader worker processes", min=0),
+    Option("num-workers", 0, "data loader worker processes", min=0, max=256),
     Option("channels-last", False, "train in the channels-last memory format (often faster on GPUs)"),
     Option("compile", False, "compile the generators and discriminators with torch.compile"),
     Option("bn-images", 400, "after training, recompute the generators' BatchNorm running statistics as their "

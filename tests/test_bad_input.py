@@ -319,7 +319,7 @@ def learning_rate_nan(tmp, model):
 
 
 def negative_workers(tmp, model):
-    return train(model, FACADES, "--num-workers", "-1"), "--num-workers must be >= 0, got -1"
+    return train(model, FACADES, "--num-workers", "-1"), "--num-workers must be in [0, 256], got -1"
 
 
 def huge_seed(tmp, model):
