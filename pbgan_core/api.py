@@ -213,9 +213,11 @@ class Model:
     @torch.no_grad()
     def translate(self, task: str, image: ImageLike, direction: str | None = None, aligned: bool = False,
                   device: str | torch.device = "cpu", protocol: str = DEFAULT_PROTOCOL) -> torch.Tensor | Image.Image:
-        """Run a task on one image: a tensor (3, H, W) or a batch (N, 3, H, W) in [-1, 1] gives a
-        tensor back; a PIL image or an image file gives a PIL image (the pixels `pbgan generate`
-        writes). Inputs are resized to the task's size; `aligned` takes an A|B file's condition half."""
+        """Run a task on one image: a tensor or numpy array, (3, H, W) or a batch (N, 3, H, W), or
+        channels last, float in [-1, 1] or uint8 in [0, 255] (see `image_batch`), gives a float
+        tensor in [-1, 1] back, (3, H, W) or (N, 3, H, W); a PIL image or an image file gives a PIL
+        image (the pixels `pbgan generate` writes). Inputs are resized to the task's size; `aligned`
+        takes an A|B file's condition half."""
         if isinstance(image, (torch.Tensor, np.ndarray)):
             batch = image_batch(image, "translate")
         entry, gname, gen = self._generator(task, direction, device, protocol)
@@ -317,7 +319,10 @@ def metric_weights(fid_weights: str | Path | None, lpips_weights: str | Path | N
 def image_batch(image: torch.Tensor | np.ndarray, who: str) -> torch.Tensor:
     """An image tensor or array as an (N, 3, H, W) float32 batch in [-1, 1]. Takes (3, H, W) or
     (N, 3, H, W), or channels last, (H, W, 3) or (N, H, W, 3); float values in [-1, 1] (any float
-    precision) or uint8 values in [0, 255]. Anything else is refused: its meaning would be a guess."""
+    precision) or uint8 values in [0, 255]. Anything else is refused: its meaning would be a guess.
+    Where both layouts fit (3, H, 3), channels come first, as in torch."""
+    if isinstance(image, np.ndarray) and image.dtype.kind not in "uif":
+        raise PbganError(f"{who} expects a float image in [-1, 1] or a uint8 one in [0, 255], got {image.dtype}")
     x = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image.detach()
     shape = tuple(x.shape)
     wanted = "(3, H, W), (N, 3, H, W), (H, W, 3) or (N, H, W, 3)"
