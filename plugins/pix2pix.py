@@ -71,7 +71,7 @@ DISCRIMINATOR_OPTIONS = (
     Option("netD", "basic", "discriminator", choices=("basic", "n_layers", "pixel")),
     Option("ndf", 64, "discriminator filters in the first layer", min=1),
     Option("n-layers-d", 3, "layers of the n_layers PatchGAN", min=0),
-    Option("lr", 2e-4, "Adam learning rate", above=0),
+    Option("lr", 2e-4, "Adam learning rate (0: the weights stay as they are)", min=0),
     Option("beta1", 0.5, "Adam beta1", min=0, below=1),
 )
 
