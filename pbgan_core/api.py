@@ -17,15 +17,18 @@ spelled with underscores (`lambda_` for `--lambda`).
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from . import distributed
+from .checks import NPROC, as_path, check_request
 from .console import training_progress
 from .engine import (DIRECTIONS, TrainRequest, evaluate_task, load_generators, option_table, pick_device,
                      record_missing_stages, train_task)
@@ -40,7 +43,10 @@ from .store import ModelStore, default_model_dir
 from .taskcache import DEFAULT_BUDGET, TaskCache
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
-ImageLike = torch.Tensor | Image.Image | str | Path
+ImageLike = torch.Tensor | np.ndarray | Image.Image | str | Path
+CACHE_BYTES = Option("cache-bytes", DEFAULT_BUDGET, min=0)
+EVAL_IMAGES = Option("images", None, type=int, min=0)
+SAMPLES = Option("samples", 4, min=1)
 
 
 @dataclass(frozen=True)
@@ -97,10 +103,9 @@ def train_request(arch: str, task: str, data: str | Path | None = None, *, model
         raise UsageError(f"--log-every must be at least 1 and --sample-every at least 0 (0: ten times a run), "
                          f"got {log_every} and {sample_every}")
     table, owner = train_options(arch, factorizer, dataset, derive, plugins)
-    extra = check_options(options, table, owner)
+    extra = check_options({**options, **({"derive": derive} if derive else {})}, table, owner)
     if derive:
         dataset = dataset or "derived"
-        extra["derive"] = derive
     known = plugins.manager.hook.default_data(task=task)
     if data is None:
         if known is None:
@@ -110,13 +115,13 @@ def train_request(arch: str, task: str, data: str | Path | None = None, *, model
             raise PbganError(f"no data for {task!r} in {data}; run `pbgan data download {task}` or pass --data")
     if direction is None:
         direction = known[1] if known else "AtoB"
-    if direction not in DIRECTIONS:
-        raise UsageError(f"--direction must be AtoB or BtoA, got {direction!r}")
-    return TrainRequest(arch=arch, task=task, data=Path(data), model_dir=Path(model_dir or default_model_dir()),
-                        direction=direction, size=size, steps=steps, epochs=epochs, epochs_decay=epochs_decay,
-                        batch_size=batch_size, factorizer=factorizer, dataset=dataset, device=device, seed=seed,
-                        extra=extra, resume=resume, checkpoint_every=checkpoint_every, precision=precision,
-                        loggers=logger_names(loggers, plugins), log_every=log_every, sample_every=sample_every)
+    model_dir = as_path(model_dir, "--model-dir") if model_dir is not None else default_model_dir()
+    device = str(device) if isinstance(device, torch.device) else device
+    return check_request(TrainRequest(
+        arch=arch, task=task, data=as_path(data, "--data"), model_dir=model_dir, direction=direction, size=size,
+        steps=steps, epochs=epochs, epochs_decay=epochs_decay, batch_size=batch_size, factorizer=factorizer,
+        dataset=dataset, device=device, seed=seed, extra=extra, resume=resume, checkpoint_every=checkpoint_every,
+        precision=precision, loggers=logger_names(loggers, plugins), log_every=log_every, sample_every=sample_every))
 
 
 def logger_names(names: Sequence[str], plugins: Plugins) -> tuple[str, ...]:
@@ -146,6 +151,7 @@ def train(arch: str, task: str, data: str | Path | None = None, *, progress: boo
     `progress(step, total, losses)` is called after every step; `listeners` hear every event
     (pbgan_core/events.py). Returns None in the worker processes of a distributed run."""
     plugins = kwargs.pop("plugins", None) or get_plugins()
+    nproc = NPROC.check(nproc)
     request = train_request(arch, task, data, plugins=plugins, **kwargs)
     if nproc != 1 and (listeners or callable(progress)):
         raise UsageError("listeners and a progress function hear a run in this process only: "
@@ -164,18 +170,15 @@ def train(arch: str, task: str, data: str | Path | None = None, *, progress: boo
 class Model:
     """A lifelong model directory: its tasks, their generators and metrics.
 
-    Generators of recently used tasks stay in memory (least recently used dropped first once
-    they hold more than `cache_bytes`), so switching back to a task is a look-up. The first
-    use of a task runs it without materializing its filters: each layer convolves with the
-    bank and mixes the results 1x1 where that costs less than building `coef.T @ bank`; the
-    second use materializes it into a plain dense generator.
+    Generators of recently used tasks stay in memory as plain dense generators (least recently
+    used dropped first once they hold more than `cache_bytes`), so switching back to a task is a
+    look-up, and every output of a task, first use or not, comes from the same dense weights.
     """
 
     def __init__(self, store: ModelStore, plugins: Plugins | None = None, cache_bytes: int = DEFAULT_BUDGET):
         self.store = store
         self.plugins = plugins or get_plugins()
-        self.cache = TaskCache(cache_bytes)
-        self._unmaterialized: set[tuple] = set()  # cache keys whose generator still holds the file's tensors
+        self.cache = TaskCache(CACHE_BYTES.check(cache_bytes, "cache_bytes"))
 
     @classmethod
     def open(cls, model_dir: str | Path | None = None, *, cache_bytes: int = DEFAULT_BUDGET,
@@ -211,54 +214,46 @@ class Model:
         name = self.plugins.architectures.get(entry["arch"]).generator_for(direction)
         return {**entry, "direction": direction}, (entry["name"], name, str(pick_device(str(device))), protocol)
 
-    def _generator(self, task: str, direction: str | None, device: str | torch.device, protocol: str,
-                   lazy: bool | None) -> tuple[dict[str, Any], str, nn.Module]:
-        """The task's entry, generator name and generator from the cache, loaded on a miss
-        (factorized if `lazy`; None: factorized on first use only), and materialized when a
-        factorized one is asked for again without `lazy`."""
+    def _generator(self, task: str, direction: str | None, device: str | torch.device,
+                   protocol: str) -> tuple[dict[str, Any], str, nn.Module]:
+        """The task's entry, generator name and cached dense generator (loaded on a miss)."""
         entry, key = self._resolve(task, direction, device, protocol)
-        name = key[1]
         gen = self.cache.get(key)
-        if lazy is None:
-            lazy = gen is None
         if gen is None:
-            _, generators = load_generators(self.store, self.plugins, entry["name"], key[2], materialize=not lazy)
-            gen = self.cache.put(key, generators[name])
-            (self._unmaterialized.add if lazy else self._unmaterialized.discard)(key)
-        if not lazy and key in self._unmaterialized:
-            self.plugins.factorizers.get(entry["factorizer"]).materialize(gen)
-            _own_tensors(gen)
-            self.cache.put(key, gen)
-            self._unmaterialized.discard(key)
-        return entry, name, gen
+            _, generators = load_generators(self.store, self.plugins, entry["name"], key[2])
+            gen = self.cache.put(key, generators[key[1]])
+        return entry, key[1], gen
 
     def generator(self, task: str, direction: str | None = None, device: str | torch.device = "cpu",
                   protocol: str = DEFAULT_PROTOCOL) -> nn.Module:
         """The task's generator as a plain dense nn.Module on `device` under the test-time
-        `protocol`. It is the model's cached instance: deep-copy it before changing it."""
-        return self._generator(task, direction, device, protocol, lazy=False)[2]
+        `protocol`: a copy of the model's cached one, free to train or change."""
+        return copy.deepcopy(self._generator(task, direction, device, protocol)[2])
 
     @torch.no_grad()
     def translate(self, task: str, image: ImageLike, direction: str | None = None, aligned: bool = False,
                   device: str | torch.device = "cpu", protocol: str = DEFAULT_PROTOCOL) -> torch.Tensor | Image.Image:
-        """Run a task on one image: a tensor (3, H, W) or a batch (N, 3, H, W) in [-1, 1] gives a
-        tensor back; a PIL image or an image file gives a PIL image (the pixels `pbgan generate`
-        writes). Inputs are resized to the task's size; `aligned` takes an A|B file's condition half."""
-        entry, gname, gen = self._generator(task, direction, device, protocol, lazy=None)
+        """Run a task on one image: a tensor or numpy array, (3, H, W) or a batch (N, 3, H, W), or
+        channels last, float in [-1, 1] or uint8 in [0, 255] (see `image_batch`), gives a float
+        tensor in [-1, 1] back, (3, H, W) or (N, 3, H, W); a PIL image or an image file gives a PIL
+        image (the pixels `pbgan generate` writes). Inputs are resized to the task's size; `aligned`
+        takes an A|B file's condition half."""
+        if isinstance(image, (torch.Tensor, np.ndarray)):
+            batch = image_batch(image, "translate")
+        entry, gname, gen = self._generator(task, direction, device, protocol)
         size = int(entry["options"]["size"])
-        if isinstance(image, torch.Tensor):
-            if image.dim() not in (3, 4) or image.shape[-3] != 3:
-                raise PbganError(f"translate expects a (3, H, W) or (N, 3, H, W) tensor, got {tuple(image.shape)}")
-            x = to_task_size(image, size).to(gen_device(gen))
+        if isinstance(image, (torch.Tensor, np.ndarray)):
+            x = to_task_size(batch, size).to(gen_device(gen))
             seeds = [image_seed(entry["name"], gname, str(i)) for i in range(x.shape[0])]
             out = translate(gen, x, protocol, seeds)
-            return out if image.dim() == 4 else out[0]
+            return out if image.ndim == 4 else out[0]
         if isinstance(image, Image.Image):
             name = "<PIL image>"
             x = pil_condition(to_rgb8(image), size, entry["direction"], aligned, Path(name))
         else:
-            name = Path(image).name
-            x = load_condition(Path(image), size, entry["direction"], aligned)
+            path = as_path(image, "translate's image")
+            name = path.name
+            x = load_condition(path, size, entry["direction"], aligned)
         y = translate(gen, x[None].to(gen_device(gen)), protocol, [image_seed(entry["name"], gname, name)])
         return to_pil(y[0])
 
@@ -270,7 +265,7 @@ class Model:
         if direction is not None and direction not in DIRECTIONS:
             raise UsageError(f"--direction must be AtoB or BtoA, got {direction!r}")
         targets = plan_outputs(Path(source), Path(output), self.root, force)  # before the model is read
-        entry, gname, gen = self._generator(task, direction, device, protocol, lazy=False)
+        entry, gname, gen = self._generator(task, direction, device, protocol)
         return generate(gen, int(entry["options"]["size"]), entry["direction"], targets, aligned, gen_device(gen),
                         force, protocol, (entry["name"], gname))
 
@@ -282,6 +277,7 @@ class Model:
         test images per task (0: all; default: the task's --eval-images); fid/kid and lpips read
         their weights from `fid_weights` / `lpips_weights` when given."""
         check_protocol(protocol)
+        images = EVAL_IMAGES.check(images, "images")
         names = self.check_metrics(metrics)
         with metric_weights(fid_weights, lpips_weights):
             chosen = [self.store.task(task)["name"]] if task else [t["name"] for t in self.store.tasks]
@@ -315,20 +311,13 @@ class Model:
                protocol: str = DEFAULT_PROTOCOL, baseline: str | Path | None = None) -> Path:
         """Write the HTML report (default: MODEL_DIR/report/index.html); its path. `baseline`,
         another model directory with the same task names, adds ratios to its tasks."""
+        samples = SAMPLES.check(samples, "samples")
         base = Model.open(baseline).store if baseline is not None else None
         out = Path(out) if out else self.root / "report"
         # a report inside the model directory is written under its lock, like every other write there
         inside = out.resolve().is_relative_to(self.root.resolve())
         with self.store.transaction() if inside else contextlib.nullcontext():
             return build_report(self.store, self.plugins, out, metric, samples, check_protocol(protocol), base)
-
-
-def _own_tensors(gen: nn.Module) -> None:
-    """Give a generator loaded unmaterialized its own copy of every tensor it took from the task
-    file (read-only memory), so that it can be changed in place like any module."""
-    with torch.no_grad():
-        for t in (*gen.parameters(), *gen.buffers()):
-            t.data = t.data.clone()
 
 
 def gen_device(gen: nn.Module) -> torch.device:
@@ -347,9 +336,42 @@ def metric_weights(fid_weights: str | Path | None, lpips_weights: str | Path | N
         metric_plugin.configure()
 
 
-def save_image(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
-    """Write a (3, H, W) tensor in [-1, 1] or a PIL image as PNG, byte for byte as `pbgan generate`."""
-    return write_image(image, path)
+def image_batch(image: torch.Tensor | np.ndarray, who: str) -> torch.Tensor:
+    """An image tensor or array as an (N, 3, H, W) float32 batch in [-1, 1]. Takes (3, H, W) or
+    (N, 3, H, W), or channels last, (H, W, 3) or (N, H, W, 3); float values in [-1, 1] (any float
+    precision) or uint8 values in [0, 255]. Anything else is refused: its meaning would be a guess.
+    Where both layouts fit (3, H, 3), channels come first, as in torch."""
+    if isinstance(image, np.ndarray) and image.dtype.kind not in "uif":
+        raise PbganError(f"{who} expects a float image in [-1, 1] or a uint8 one in [0, 255], got {image.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image.detach()
+    shape = tuple(x.shape)
+    wanted = "(3, H, W), (N, 3, H, W), (H, W, 3) or (N, H, W, 3)"
+    if x.dim() not in (3, 4) or 3 not in (shape[-3], shape[-1]) or 0 in shape:
+        raise PbganError(f"{who} expects an image of shape {wanted}, got {shape}")
+    if shape[-3] != 3:  # channels last
+        x = x.movedim(-1, -3)
+    if x.dtype == torch.uint8:
+        x = x.float() / 127.5 - 1
+    elif x.dtype.is_floating_point:
+        x = x.float()
+        if not bool(torch.isfinite(x).all()) or float(x.min()) < -1 or float(x.max()) > 1:
+            raise PbganError(f"{who} expects float values in [-1, 1], got values in [{float(x.min()):g}, "
+                             f"{float(x.max()):g}]; give uint8 for values in [0, 255]")
+    else:
+        raise PbganError(f"{who} expects a float image in [-1, 1] or a uint8 one in [0, 255], got {x.dtype}")
+    return x if x.dim() == 4 else x[None]
+
+
+def save_image(image: torch.Tensor | np.ndarray | Image.Image, path: str | Path) -> Path:
+    """Write an image as PNG, byte for byte as `pbgan generate`: a PIL image, or one image tensor
+    or array as `translate` takes them ((3, H, W) or (H, W, 3); float in [-1, 1] or uint8)."""
+    if not isinstance(image, Image.Image):
+        if not isinstance(image, (torch.Tensor, np.ndarray)) or image.ndim != 3:
+            shape = tuple(image.shape) if isinstance(image, (torch.Tensor, np.ndarray)) else type(image).__name__
+            raise PbganError(f"save_image expects a PIL image or one image of shape (3, H, W) or (H, W, 3), "
+                             f"got {shape}")
+        image = image_batch(image, "save_image")[0]
+    return write_image(image, as_path(path, "save_image's path"))
 
 
 __all__ = ["Model", "Task", "train", "train_request", "train_options", "save_image", "PROTOCOLS", "PbganError"]

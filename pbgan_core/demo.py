@@ -16,7 +16,7 @@ import torch
 from rich.table import Table
 
 from .console import console, keep_numbers_whole, sequence_progress
-from .engine import TrainRequest, eval_split, probe_task, train_task
+from .engine import eval_split, probe_task, train_task
 from .images import read_image, write_image
 from .plugins import Plugins, get_plugins
 from .report import build_report
@@ -114,20 +114,22 @@ def fresh_model_dir(out: Path) -> Path:
 def run_demo(out: Path, steps: int = 500, size: int = 64, device: str = "cpu",
              tasks: tuple[DemoTask, ...] = TASKS, options: dict | None = None) -> Path:
     """Train `tasks` in order into a new model under `out`, print the summary and return the model dir."""
+    from .api import train_request
+
     out = Path(out)
     model_dir = fresh_model_dir(out)
     photos = out / "photos"
+    plugins = get_plugins()
+    requests = [train_request("pix2pix", task.name, photos, model_dir=model_dir, size=size, steps=steps, batch_size=4,
+                              dataset="derived", derive=task.derive, device=device, seed=0, plugins=plugins,
+                              **{**OPTIONS, **(options or {})}) for task in tasks]  # checked before any work
     crop = round(size * 286 / 256)  # the training load size: no resizing before the random crop
     source = make_crops(photos, crop) if not (photos / "train").exists() else "photos from an earlier demo run"
     console.print(f"demo data: {source} in {photos}")
-    plugins = get_plugins()
     started = time.perf_counter()
     progress, start_task = sequence_progress([t.name for t in tasks], steps)
     with progress:
-        for task in tasks:
-            request = TrainRequest(arch="pix2pix", task=task.name, data=photos, model_dir=model_dir, size=size,
-                                   steps=steps, batch_size=4, dataset="derived", device=device, seed=0,
-                                   extra={"derive": task.derive, **OPTIONS, **(options or {})})
+        for task, request in zip(tasks, requests):
             train_task(request, plugins, listeners=[start_task(task.name)])
     store = ModelStore(model_dir)
     console.print(summary_table(store, plugins, tasks, time.perf_counter() - started))

@@ -34,12 +34,12 @@ from .store import ModelStore, check_task_name, stored_options
 ENGINE_OPTIONS = (
     Option("init", "auto", "warm: start a later task from the latest task's generator; scratch: fresh weights; "
            "auto: the factorizer's choice (warm, except for standalone)", choices=("auto", "warm", "scratch")),
-    Option("eval-images", 32, "test images per task used for the metrics after each task (0: all)"),
-    Option("num-workers", 0, "data loader worker processes"),
+    Option("eval-images", 32, "test images per task used for the metrics after each task (0: all)", min=0),
+    Option("num-workers", 0, "data loader worker processes", min=0, max=256),
     Option("channels-last", False, "train in the channels-last memory format (often faster on GPUs)"),
     Option("compile", False, "compile the generators and discriminators with torch.compile"),
     Option("bn-images", 400, "after training, recompute the generators' BatchNorm running statistics as their "
-           "mean over this many training images (0: keep the moving averages of the last steps)"),
+           "mean over this many training images (0: keep the moving averages of the last steps)", min=0),
 )
 
 
@@ -205,6 +205,9 @@ RESUME_MAY_CHANGE = ("num_workers", "eval_images", "channels_last", "compile", "
 
 def _check_resumable(ckpt: Mapping[str, Any], req: TrainRequest, opts: Mapping[str, Any], total: int,
                      store: ModelStore, bank_fingerprint: str, where: Path) -> None:
+    if Path(ckpt["request"]["data"]).resolve() != Path(req.data).resolve():
+        raise PbganError(f"the checkpoint {where} was made with --data {ckpt['request']['data']}, this run has "
+                         f"--data {req.data}; resume with the same data, or delete the checkpoint folder to start over")
     then, now = dict(ckpt["options"]), _json_options(opts)
     then.update(arch=ckpt["request"]["arch"], factorizer=ckpt["request"]["factorizer"], total_steps=ckpt["total"])
     now.update(arch=req.arch, factorizer=req.factorizer, total_steps=total)
@@ -407,6 +410,10 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             raise PbganError(f"no training images in {req.data}" if not len(train_data) else
                              f"{len(train_data)} training image(s) in {req.data} for {ranks.world} processes; "
                              "use fewer processes or more images")
+        try:  # each task is scored on its test split when stored: a missing one is refused before training
+            dataset_plugin.build(Path(req.data), "test", {**opts, "max_images": 1}, train=False)
+        except PbganError as exc:
+            raise PbganError(f"{exc} (pbgan scores every task on its test split when storing it)") from None
         total, lr_schedule = schedule(req, arch, len(train_data) // ranks.world)
         opts.update(lr_schedule)
         generators = arch.build_generators(opts)

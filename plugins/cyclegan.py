@@ -40,10 +40,10 @@ class CycleGAN(Architecture):
         Option("dropout", False, "dropout 0.5 in the ResNet blocks (the reference CycleGAN uses none)"),
         *DISCRIMINATOR_OPTIONS,
         Option("gan-mode", "lsgan", "adversarial loss", choices=("vanilla", "lsgan", "hinge", "wgangp")),
-        Option("lambda-a", 10.0, "weight of the cycle loss A -> B -> A"),
-        Option("lambda-b", 10.0, "weight of the cycle loss B -> A -> B"),
-        Option("lambda-identity", 0.5, "weight of the identity loss, relative to lambda-a / lambda-b (0: off)"),
-        Option("pool-size", 50, "generated images kept to train the discriminators (0: no pool)"),
+        Option("lambda-a", 10.0, "weight of the cycle loss A -> B -> A", min=0),
+        Option("lambda-b", 10.0, "weight of the cycle loss B -> A -> B", min=0),
+        Option("lambda-identity", 0.5, "weight of the identity loss, relative to lambda-a / lambda-b (0: off)", min=0),
+        Option("pool-size", 50, "generated images kept to train the discriminators (0: no pool)", min=0),
     )
 
     def build_generators(self, opts: Mapping[str, Any]) -> dict[str, nn.Module]:

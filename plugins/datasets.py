@@ -26,9 +26,10 @@ from pbgan_core.options import Option
 CACHE_BYTES = 2 * 1024**3
 
 COMMON = (
-    Option("load-size", 0, "resize to this before the random crop when training (0: round(size*286/256))"),
+    Option("load-size", 0, "resize to this before the random crop when training (0: round(size*286/256))",
+           min=0),
     Option("no-flip", False, "no random horizontal flips when training"),
-    Option("max-images", 0, "use at most this many images (0: all)"),
+    Option("max-images", 0, "use at most this many images (0: all)", min=0),
     Option("preprocess", "resize_and_crop", "resize_and_crop: resize to load-size, random crop to size "
            "(eval: resize to size); resize: resize to size; none: keep the native size",
            choices=("resize_and_crop", "resize", "none")),
@@ -266,8 +267,8 @@ class DerivedDataset(DatasetPlugin):
     description = f"photos only: B is the photo, A a condition computed from it ({', '.join(DERIVED)})"
     options = COMMON + (
         Option("derive", "edges", "condition computed from each photo", choices=DERIVED),
-        Option("blur-sigma", 2.0, "gaussian blur sigma in pixels, for --derive blur"),
-        Option("noise-std", 0.2, "gaussian noise std (images in [-1, 1]), for --derive noise"),
+        Option("blur-sigma", 2.0, "gaussian blur sigma in pixels, for --derive blur", above=0),
+        Option("noise-std", 0.2, "gaussian noise std (images in [-1, 1]), for --derive noise", min=0),
         Option("half", "none", "photos are A|B files: use this half as the photo", choices=("none", "A", "B")),
     )
 

@@ -33,7 +33,7 @@ def register_commands(cli):
                                     "(see list-plugins); fid, kid and lpips need pbgan[metrics] and their weights"),
         matrix_metric: str = typer.Option("ssim", "--matrix-metric", help="Metric of the task-by-stage "
                                           "matrix and forgetting (one recorded during training)"),
-        images: Optional[int] = typer.Option(None, "--images", help="Test images per task (0: all) "
+        images: Optional[int] = typer.Option(None, "--images", min=0, help="Test images per task (0: all) "
                                              "[default: the task's --eval-images]"),
         fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="torch-fidelity Inception weights "
                                                    "for fid and kid [default: $PBGAN_FID_WEIGHTS, then the torch hub "
@@ -127,7 +127,7 @@ def register_commands(cli):
     def report_cmd(
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: MODEL_DIR/report]"),
         metric: str = typer.Option("ssim", "--metric", help="Metric of the task-by-stage heatmap"),
-        samples: int = typer.Option(4, "--samples", help="Test images per task in the sample grids"),
+        samples: int = typer.Option(4, "--samples", min=1, help="Test images per task in the sample grids"),
         protocol: str = ProtocolOption,
         baseline: Optional[Path] = typer.Option(None, "--baseline", help="Another model directory trained on the "
                                                 "same task names (e.g. a warm full copy): add each task's metrics "

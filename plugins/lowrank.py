@@ -53,7 +53,7 @@ class LowRankConv(FilterConv):
 class LowRankFactorizer(BankAdapterFactorizer):
     name = "lowrank"
     description = "task 1 seeds the bank; later tasks add a rank-r update to its frozen filters (LoRA-style)"
-    options = (Option("rank", 8, "rank of each later task's update per layer (lowrank factorizer)"),)
+    options = (Option("rank", 8, "rank of each later task's update per layer (lowrank factorizer)", min=1),)
 
     def settings(self, opts: Mapping[str, Any]) -> int:
         rank = int(opts.get("rank", 8))

@@ -64,7 +64,7 @@ class MaskFactorizer(BankAdapterFactorizer):
     name = "mask"
     description = "task 1 seeds the bank; later tasks learn a binary mask over its frozen filters (Mallya 2018)"
     options = (Option("mask-threshold", 5e-3, "scores above this keep a weight (mask factorizer; scores start "
-                                              f"at {SCORE_INIT}; must be in [0, 1))"),)
+                                              f"at {SCORE_INIT})", min=0, below=1),)
 
     def settings(self, opts: Mapping[str, Any]) -> float:
         threshold = float(opts.get("mask_threshold", 5e-3))

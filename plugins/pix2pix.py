@@ -62,17 +62,17 @@ def build_gan_loss(mode: str) -> nn.Module:
 
 
 GENERATOR_OPTIONS = (
-    Option("ngf", 64, "generator filters in the first layer"),
+    Option("ngf", 64, "generator filters in the first layer", min=1),
     Option("norm", "batch", "normalization layer", choices=("batch", "instance", "none")),
     Option("no-dropout", False, "disable dropout in the generator"),
     Option("init-type", "normal", "weight initialization", choices=("normal", "xavier", "kaiming", "orthogonal")),
 )
 DISCRIMINATOR_OPTIONS = (
     Option("netD", "basic", "discriminator", choices=("basic", "n_layers", "pixel")),
-    Option("ndf", 64, "discriminator filters in the first layer"),
-    Option("n-layers-d", 3, "layers of the n_layers PatchGAN"),
-    Option("lr", 2e-4, "Adam learning rate"),
-    Option("beta1", 0.5, "Adam beta1"),
+    Option("ndf", 64, "discriminator filters in the first layer", min=1),
+    Option("n-layers-d", 3, "layers of the n_layers PatchGAN", min=0),
+    Option("lr", 2e-4, "Adam learning rate (0: the weights stay as they are)", min=0),
+    Option("beta1", 0.5, "Adam beta1", min=0, below=1),
 )
 
 
@@ -88,7 +88,7 @@ class Pix2Pix(Architecture):
                "(nearest 2x + 3x3 conv: no checkerboard artifacts)", choices=UPSAMPLING),
         *DISCRIMINATOR_OPTIONS,
         Option("gan-mode", "vanilla", "adversarial loss", choices=("vanilla", "lsgan", "hinge", "wgangp")),
-        Option("lambda-l1", 100.0, "weight of the L1 loss"),
+        Option("lambda-l1", 100.0, "weight of the L1 loss", min=0),
     )
 
     def build_generators(self, opts: Mapping[str, Any]) -> dict[str, nn.Module]:

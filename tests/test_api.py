@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -51,19 +52,47 @@ def test_script_switches_tasks_and_reproduces_generate_bytes(model_dir, tmp_path
 
 
 @needs_data(FACADES)
-def test_first_use_is_unmaterialized_and_equal_to_the_dense_generator(model_dir):
+def test_first_and_later_translate_agree_bit_for_bit(model_dir):
     model = pbgan.Model.open(model_dir)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    lazy = model.translate("shoes", x)
-    gen = next(iter(model.cache._items.values()))[0]
-    assert any(isinstance(m, FilterConv) for m in gen.modules())  # the first use did not materialize
-    dense = model.generator("shoes")
-    assert dense is gen and not any(isinstance(m, FilterConv) for m in dense.modules())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    first = model.translate("shoes", x)
+    assert torch.equal(model.translate("shoes", x), first)
     with torch.no_grad():
-        expected = dense(x)
-    assert torch.allclose(lazy, expected, rtol=1e-5, atol=1e-5)
-    assert torch.equal(model.translate("shoes", x), expected)
-    assert model.translate("shoes", x[0]).shape == (3, 32, 32)
+        assert torch.equal(model.generator("shoes")(x), first)
+    assert torch.equal(model.translate("shoes", x[0]), first[0])
+    cached = next(iter(model.cache._items.values()))[0]
+    assert not any(isinstance(m, FilterConv) for m in cached.modules())  # dense from the first use on
+
+
+@needs_data(FACADES)
+def test_generator_is_a_copy_that_cannot_change_the_cached_task(model_dir):
+    model = pbgan.Model.open(model_dir)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    before = model.translate("facades", x)
+    G = model.generator("facades")
+    assert not G.training and not any(isinstance(m, FilterConv) for m in G.modules())
+    G.train()
+    G(x)  # moves BatchNorm running statistics
+    with torch.no_grad():
+        next(G.parameters()).add_(1)
+    assert torch.equal(model.translate("facades", x), before)
+    assert not model.generator("facades").training
+
+
+@needs_data(FACADES)
+def test_translate_and_save_image_take_uint8_float64_and_numpy_images(model_dir, tmp_path):
+    model = pbgan.Model.open(model_dir)
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    u8 = ((x + 1) * 127.5).round().to(torch.uint8)
+    expected = model.translate("facades", u8.float() / 127.5 - 1)
+    for image in (u8, u8.permute(1, 2, 0), u8.numpy(), u8.permute(1, 2, 0).numpy()):  # CHW and HWC
+        assert torch.equal(model.translate("facades", image), expected)
+    assert torch.equal(model.translate("facades", u8[None].expand(2, -1, -1, -1).numpy())[1], expected)
+    assert torch.equal(model.translate("facades", x.double()), model.translate("facades", x))
+    assert torch.equal(model.translate("facades", x.numpy()), model.translate("facades", x))
+    pbgan.save_image(u8.permute(1, 2, 0).numpy(), tmp_path / "hwc.png")
+    pbgan.save_image(u8.float() / 127.5 - 1, tmp_path / "chw.png")
+    assert (tmp_path / "hwc.png").read_bytes() == (tmp_path / "chw.png").read_bytes()
 
 
 @needs_data(FACADES)
@@ -103,18 +132,55 @@ def test_cache_drops_least_recently_used_over_budget():
 @needs_data(FACADES)
 def test_api_errors_are_one_line_pbgan_errors(model_dir, tmp_path):
     model = pbgan.Model.open(model_dir)
+    new = tmp_path / "n"
+
+    def train(**options):
+        return lambda: pbgan.train("pix2pix", "x", FACADES, model_dir=new, **options)
+
+    image = torch.zeros(3, 32, 32)
     cases = [
-        (lambda: model.translate("facades", torch.zeros(3, 32, 32), protocol="bogus"), "unknown test-time protocol"),
-        (lambda: model.translate("nope", torch.zeros(3, 32, 32)), "no task 'nope'"),
-        (lambda: model.translate("facades", torch.zeros(32, 32)), "translate expects a (3, H, W)"),
+        (lambda: model.translate("facades", image, protocol="bogus"), "unknown test-time protocol"),
+        (lambda: model.translate("nope", image), "no task 'nope'"),
+        (lambda: model.translate("facades", torch.zeros(32, 32)), "translate expects an image of shape (3, H, W)"),
+        (lambda: model.translate("facades", torch.zeros(3, 32, 32, dtype=torch.int64)), "got torch.int64"),
+        (lambda: model.translate("facades", np.full((32, 32, 3), 255.0)), "float values in [-1, 1], got values in"),
+        (lambda: model.translate("facades", torch.full((3, 32, 32), float("nan"))), "float values in [-1, 1]"),
+        (lambda: pbgan.save_image(torch.zeros(32, 32), tmp_path / "x.png"), "save_image expects a PIL image or one"),
         (lambda: pbgan.Model.open(tmp_path / "none"), "no pbgan model in"),
-        (lambda: pbgan.train("pix2pix", "x", FACADES, model_dir=tmp_path / "n", bogus=1), "unknown option --bogus"),
-        (lambda: pbgan.train("pix2pix", "x", FACADES, model_dir=tmp_path / "n", norm="bogus"), "norm must be one of"),
+        (lambda: pbgan.Model.open(model_dir, cache_bytes="x"), "cache_bytes must be a whole number, got 'x'"),
+        (lambda: model.evaluate(images=-1), "images must be >= 0, got -1"),
+        (lambda: model.report(tmp_path / "r", samples=0), "samples must be >= 1, got 0"),
+        (train(bogus=1), "unknown option --bogus"),
+        (train(norm="bogus"), "norm must be one of"),
+        (train(size="big"), "--size must be a whole number, got 'big'"),
+        (train(steps=1.5), "--steps must be a whole number, got 1.5"),
+        (train(seed=10**23), "--seed must be in [0, 4294967295]"),
+        (train(lr=float("nan")), "lr must be a finite number, got nan"),
+        (train(num_workers=-1), "num_workers must be in [0, 256], got -1"),
+        (train(eval_images=-1), "eval_images must be >= 0, got -1"),
+        (train(nproc=0), "--nproc must be >= 1, got 0"),
+        (lambda: pbgan.train("pix2pix", "x", 5, model_dir=new), "--data must be a path, got 5"),
     ]
     for call, message in cases:
         with pytest.raises(PbganError, match=re.escape(message)) as info:
             call()
         assert "\n" not in str(info.value)
+    assert not new.exists() and not (tmp_path / "x.png").exists() and not (tmp_path / "r").exists()
+
+
+@needs_data(FACADES)
+@needs_data(EDGES2SHOES)
+def test_resume_with_other_data_is_refused_naming_both(tmp_path):
+    def stop_at_step_2(step, total, losses):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    options = dict(model_dir=tmp_path, direction="BtoA", checkpoint_every=1, **{**TINY, "steps": 3})
+    with pytest.raises(PbganError, match="--resume"):
+        pbgan.train("pix2pix", "t", FACADES, progress=stop_at_step_2, **options)
+    with pytest.raises(PbganError) as info:
+        pbgan.train("pix2pix", "t", EDGES2SHOES, resume=True, **options)
+    assert f"--data {FACADES}" in str(info.value) and f"--data {EDGES2SHOES}" in str(info.value)
 
 
 @needs_data(FACADES)

@@ -311,7 +311,45 @@ def budget_below_the_generator(tmp, model):
 
 
 def budget_above_one(tmp, model):
-    return train(model, FACADES, "--budget", "1.5"), "--budget must be in (0, 1]"
+    return train(model, FACADES, "--budget", "1.5"), "--budget must be in [0, 1], got 1.5"
+
+
+def learning_rate_nan(tmp, model):
+    return train(model, FACADES, "--lr", "nan"), "--lr must be a finite number, got nan"
+
+
+def negative_workers(tmp, model):
+    return train(model, FACADES, "--num-workers", "-1"), "--num-workers must be in [0, 256], got -1"
+
+
+def huge_seed(tmp, model):
+    return train(model, FACADES, "--seed", "99999999999999999999999"), "--seed must be in [0, 4294967295]"
+
+
+def no_steps(tmp, model):
+    return train(model, FACADES, "--steps", "0"), "--steps must be >= 1, got 0"
+
+
+def negative_eval_images(tmp, model):
+    """Scoring no image would store all-zero metrics for good (an L1 of 0 reads as perfect)."""
+    return train(model, FACADES, "--eval-images", "-1"), "--eval-images must be >= 0, got -1"
+
+
+def negative_max_images(tmp, model):
+    return train(model, FACADES, "--max-images", "-1"), "--max-images must be >= 0, got -1"
+
+
+def no_test_split(tmp, model):
+    """Refused before training: the stored task would have no metrics row."""
+    return train(model, write_pairs(tmp / "d", splits=("train",))), "no test data in"
+
+
+def eval_negative_images(tmp, model):
+    return ["eval", "--images", "-1", "--model-dir", model], "'--images': Input should be greater than or equal to 0"
+
+
+def report_without_samples(tmp, model):
+    return ["report", "--samples", "0", "--model-dir", model], "'--samples': Input should be greater than or equal to 1"
 
 
 CASES = [read_only_output, corrupt_image, truncated_image, grayscale_images, rgba_images, sixteen_bit_images, tiny_images,
@@ -322,7 +360,9 @@ CASES = [read_only_output, corrupt_image, truncated_image, grayscale_images, rgb
          model_dir_below_a_file, manifest_without_sha256, manifest_without_index, task_name_a_number, format_as_text,
          task_file_outside_the_model, malformed_stages, export_into_the_model, export_over_a_file,
          generate_over_an_output, generate_into_the_model, generate_inputs_sharing_an_output,
-         budget_below_the_generator, budget_above_one, report_in_use]
+         budget_below_the_generator, budget_above_one, report_in_use, learning_rate_nan, negative_workers, huge_seed,
+         no_steps, negative_eval_images, negative_max_images, no_test_split, eval_negative_images,
+         report_without_samples]
 
 
 @pytest.fixture(autouse=True)
@@ -361,3 +401,9 @@ def test_bad_input(case, cli, base_model, tmp_path):
         assert len(errors) == 1, err
         assert expected in errors[0], errors[0]
         assert snapshot(model) == before, "the model directory changed"
+
+
+def test_demo_checks_its_options_before_writing_photos(cli, tmp_path):
+    _, _, err = cli("demo", "--out", tmp_path / "demo", "--steps", "0", expect=2)
+    assert "--steps must be >= 1, got 0" in err and "Traceback" not in err
+    assert not (tmp_path / "demo").exists()

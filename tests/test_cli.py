@@ -39,7 +39,7 @@ def test_list_plugins_json_lists_the_builtin_plugins(cli):
     (["--arch", "pix2pix", "--bogus", "1"], "unknown option --bogus"),
     (["--arch", "pix2pix", "--ngf", "many"], "--ngf expects int"),
     (["--arch", "pix2pix", "--norm", "group"], "--norm must be one of"),
-    (["--arch", "pix2pix", "--direction", "sideways"], "--direction must be AtoB or BtoA"),
+    (["--arch", "pix2pix", "--direction", "sideways"], "--direction must be one of AtoB, BtoA"),
     (["--arch", "pix2pix", "--task", "bad/name"], "is not allowed"),
 ])
 def test_bad_train_arguments(cli, tmp_path, args, message):

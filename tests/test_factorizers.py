@@ -251,7 +251,7 @@ def _task_tensors(model, index):
 def test_bad_factorizer_options_are_one_line_errors(args, message, tmp_path, cli):
     model = tmp_path / "m"
     _, _, err = cli("train", "--arch", "pix2pix", "--task", "one", "--data", FACADES, "--model-dir", model,
-                    *TINY, *args, expect=1)
+                    *TINY, *args, expect=2)
     assert message in one_line_error(err)
     assert not (model / "manifest.json").exists()
 
