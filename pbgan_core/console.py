@@ -1,4 +1,6 @@
-"""Rich consoles and the training progress bar."""
+"""Rich consoles and the training progress bar. Neither console reads rich markup: what pbgan
+prints holds paths, task names and messages given by users, whose `[...]` must print as typed
+(style with `style=` or rich.text.Text instead)."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -6,15 +8,16 @@ from typing import Mapping
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console()
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def training_progress(description: str) -> tuple[Progress, callable]:
     """A progress bar with ETA and the latest losses, and the callback that drives it."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        TextColumn("{task.fields[losses]}", markup=False),
         console=console, transient=False,
     )
     task_id = progress.add_task(description, total=None, losses="")
@@ -30,8 +33,9 @@ def sequence_progress(names: list[str], steps: int) -> tuple[Progress, callable]
     """One bar over a sequence of tasks ("task i of n", time left for all of them) and a
     function `start(name)` that returns the progress callback of the next task."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}", markup=False),
         console=console, transient=False,
     )
     overall = progress.add_task("", total=len(names) * steps, losses="")
