@@ -38,7 +38,7 @@ from .images import to_pil, to_rgb8, write_image
 from .options import Option, check_options
 from .plugins import Plugins, get_plugins
 from .protocol import DEFAULT_PROTOCOL, PROTOCOLS, check_protocol, image_seed, translate
-from .report import build_report, forgetting, stage_matrix
+from .report import build_report, check_report_folder, forgetting, stage_matrix
 from .store import ModelStore, default_model_dir
 from .taskcache import DEFAULT_BUDGET, TaskCache
 
@@ -308,12 +308,14 @@ class Model:
                 "forgetting": dict(zip(tasks, forgetting(matrix, higher)))}
 
     def report(self, out: str | Path | None = None, metric: str = "ssim", samples: int = 4,
-               protocol: str = DEFAULT_PROTOCOL, baseline: str | Path | None = None) -> Path:
+               protocol: str = DEFAULT_PROTOCOL, baseline: str | Path | None = None, force: bool = False) -> Path:
         """Write the HTML report (default: MODEL_DIR/report/index.html); its path. `baseline`,
-        another model directory with the same task names, adds ratios to its tasks."""
+        another model directory with the same task names, adds ratios to its tasks. Elsewhere an
+        earlier report is replaced only with `force`."""
         samples = SAMPLES.check(samples, "samples")
-        base = Model.open(baseline).store if baseline is not None else None
         out = Path(out) if out else self.root / "report"
+        check_report_folder(out, self.root, force)
+        base = Model.open(baseline).store if baseline is not None else None
         # a report inside the model directory is written under its lock, like every other write there
         inside = out.resolve().is_relative_to(self.root.resolve())
         with self.store.transaction() if inside else contextlib.nullcontext():

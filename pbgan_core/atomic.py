@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -53,6 +54,7 @@ def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
             os.fsync(f.fileno())
         fault_point("replace", path)
         if overwrite:
+            _refuse_special(path)
             os.replace(tmp, path)
         else:
             os.link(tmp, path)  # fails if `path` appeared meanwhile: never clobber
@@ -66,6 +68,17 @@ def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
             raise PbganError(f"cannot write {path}: {exc.strerror}; check permissions and free space") from None
         raise
     _fsync_dir(path.parent)
+
+
+def _refuse_special(path: Path) -> None:
+    """Only a regular file is ever replaced: never a device, a pipe, a socket or a link."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise PbganError(f"{path} exists and is not a regular file (a device, pipe, folder or link); it is never "
+                         "replaced: choose another output path")
 
 
 def remove_path(path: Path) -> None:

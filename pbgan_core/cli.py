@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__, api
 from .console import console, errors, keep_numbers_whole
@@ -129,9 +130,9 @@ def build_app() -> typer.Typer:
         if trained is None:  # not rank 0 of a distributed run: rank 0 reports
             return
         p = trained.params
-        console.print(f"[green]trained[/] task {trained.name!r} (#{trained.index}) in "
+        console.print(Text.assemble(("trained", "green"), f" task {trained.name!r} (#{trained.index}) in "
                       f"{model_dir or default_model_dir()}: {p['stored']:,} stored parameters, "
-                      f"{p['stored'] / p['standalone']:.3f} of a standalone generator; metrics {trained.metrics}")
+                      f"{p['stored'] / p['standalone']:.3f} of a standalone generator; metrics {trained.metrics}"))
 
     @app.command()
     def generate(

@@ -1,4 +1,6 @@
-"""Rich consoles and training progress: a bar on a terminal or in Jupyter, plain lines elsewhere."""
+"""Rich consoles and training progress: a bar on a terminal or in Jupyter, plain lines elsewhere.
+Neither console reads rich markup: what pbgan prints holds paths, task names and messages given by
+users, whose `[...]` must print as typed (style with `style=` or rich.text.Text instead)."""
 from __future__ import annotations
 
 import datetime
@@ -14,8 +16,8 @@ from rich.text import Text
 
 from .events import End, ProgressCallback, Start, Step
 
-console = Console()
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 PLAIN_SECONDS = 30  # without a terminal: a line at least this often, and every tenth of the run
 
@@ -61,7 +63,7 @@ def progress_bar(target: Console, remaining_label: str = "eta") -> Progress:
     at 80 columns the bar, the count and the time left stay readable."""
     fixed = lambda: Column(no_wrap=True)  # noqa: E731
     return Progress(
-        TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=30)),
+        TextColumn("{task.description}", style="bold", markup=False, table_column=Column(no_wrap=True, overflow="ellipsis", max_width=30)),
         BarColumn(bar_width=max(10, min(40, target.width // 2 - 30)), table_column=fixed()),
         MofNCompleteColumn(table_column=fixed()), TimeElapsedColumn(table_column=fixed()),
         TextColumn(remaining_label, table_column=fixed()), TimeRemainingColumn(table_column=fixed()),

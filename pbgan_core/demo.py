@@ -139,7 +139,7 @@ def run_demo(out: Path, steps: int = 500, size: int = 64, device: str = "cpu",
     console.print(f"outputs bit-identical to those recorded when each task was trained: {len(same)} of "
                   f"{len(store.tasks)} tasks", highlight=False)
     report = build_report(store, plugins, model_dir / "report", samples=6)
-    console.print(f"[bold]report (samples: condition | output | photo): {report}[/]")
+    console.print(f"report (samples: condition | output | photo): {report}", style="bold")
     console.print(f"model: {model_dir}; next, try:", highlight=False)
     for command in ("tasks", "eval", "verify", "report"):
         console.print(f"  pbgan {command} --model-dir {model_dir}", highlight=False)

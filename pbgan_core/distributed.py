@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -167,13 +170,55 @@ def enable_loss_scaling(trainer: Any, arch: str, device: torch.device) -> None:
     trainer.scaler = torch.amp.GradScaler(device.type)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_GRACE_S = 30  # after a stop signal, the workers' time to release the model before they are killed
+
+
 def launch(nproc: int, train_args: list[str]) -> int:
-    """Run `pbgan train` with these arguments in `nproc` processes on this machine; the exit code."""
+    """Run `pbgan train` with these arguments in `nproc` processes on this machine; the exit code.
+    The launcher and its workers get a process group of their own: a stop signal sent to this
+    process (Ctrl-C, kill) is passed to all of them, and they are killed if they outlive it by
+    STOP_GRACE_S; then KeyboardInterrupt is raised here."""
     if nproc < 2:
         raise PbganError(f"--nproc must be at least 1, got {nproc}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "pbgan_core", "train", *train_args]
-    return subprocess.run(cmd).returncode
+    group = subprocess.Popen(cmd, start_new_session=True)
+    stopped: list[float] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        stopped.append(time.monotonic())
+        _signal_group(group, signum)
+
+    handlers = _handle(STOP_SIGNALS, stop)
+    try:
+        while group.poll() is None:
+            if stopped and time.monotonic() - stopped[0] > STOP_GRACE_S:
+                _signal_group(group, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                group.wait(timeout=0.2)
+    finally:
+        _handle(handlers)
+        if group.poll() is None:  # an exception here: leave no worker behind
+            _signal_group(group, signal.SIGKILL)
+            group.wait()
+    if stopped:
+        raise KeyboardInterrupt
+    return group.returncode
+
+
+def _handle(signals, handler: Any = None) -> dict:
+    """Install `handler` for `signals` (or, given a dict, restore those handlers); the previous
+    ones. Only the main thread may handle signals: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    pairs = signals.items() if isinstance(signals, dict) else ((s, handler) for s in signals)
+    return {s: signal.signal(s, h) for s, h in pairs}
+
+
+def _signal_group(group: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group.pid, signum)
 
 
 def train_arguments(req: Any, extra_args: list[str]) -> list[str]:

@@ -22,7 +22,7 @@ def pil_condition(image: Image.Image, size: int, direction: str, aligned: bool, 
     if aligned:
         if not is_pair(image):
             w, h = image.info.get("source_size", image.size)
-            raise BadImage(source, f"--aligned expects A|B side by side (width twice the height), got {w}x{h}")
+            raise BadImage(source, f"--aligned expects A|B side by side, got {w}x{h}, too narrow to split")
         image = split_pair(image)[0 if direction == "AtoB" else 1]
     return normalize(pil_to_uint8(resize_bicubic(image, (size, size))))
 

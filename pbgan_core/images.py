@@ -1,5 +1,5 @@
 """Image I/O: list a folder in natural order, read any image as a (3, H, W) tensor in [-1, 1],
-load images for a model the way the reference pix2pix/CycleGAN code does (8-bit RGB, PIL
+load images for a model the way the reference pix2pix/CycleGAN code does (PIL's convert('RGB'),
 bicubic resize), write PNGs atomically, and report unreadable files in one warning."""
 from __future__ import annotations
 
@@ -73,17 +73,15 @@ def _to_array(img: Image.Image) -> np.ndarray:
 
 
 def _decode(path: Path, convert: Callable[[Image.Image], Any], fit: tuple[int, int] | None = None) -> Any:
-    """Open and fully decode an image (truncation shows up here, not later), apply its EXIF
-    orientation, then `convert` it. With `fit`, a far larger JPEG is decoded at a reduced scale
-    (see REDUCE_ABOVE). Raises BadImage."""
+    """Open and fully decode an image (truncation shows up here, not later), then `convert` it.
+    With `fit`, a far larger JPEG is decoded at a reduced scale (see REDUCE_ABOVE). Raises BadImage."""
     try:
         with Image.open(path) as img:
-            swaps = _orientation_swaps(img)
-            source = img.size[::-1] if swaps else img.size
+            source = img.size
             if fit is not None:
-                _draft(img, fit[::-1] if swaps else fit)
+                _draft(img, fit)
             img.load()
-            out = convert(ImageOps.exif_transpose(img))
+            out = convert(img)
             if isinstance(out, Image.Image):
                 out.info["source_size"] = source  # (w, h) before any reduction
             return out
@@ -99,9 +97,10 @@ def _decode(path: Path, convert: Callable[[Image.Image], Any], fit: tuple[int, i
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image fully and return a float tensor (3, H, W) in [-1, 1]. Raises BadImage."""
+    """Decode an image fully and return a float tensor (3, H, W) in [-1, 1], turned by its EXIF
+    orientation, alpha composited on white, 16-bit scaled. Raises BadImage."""
     path = Path(path)
-    array = _decode(path, _to_array)
+    array = _decode(path, lambda img: _to_array(ImageOps.exif_transpose(img)))
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise BadImage(path, "empty image")
     return _array_to_tensor(array)
@@ -128,13 +127,6 @@ REDUCE_ABOVE = 16
 REDUCE_TO = 8
 
 
-def _orientation_swaps(img: Image.Image) -> bool:
-    try:
-        return img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
-    except (OSError, ValueError, SyntaxError, TypeError, KeyError):  # a damaged EXIF block
-        return False
-
-
 def _draft(img: Image.Image, fit: tuple[int, int]) -> None:
     """Ask the JPEG decoder for a power-of-two reduced decode when the image is far too large."""
     if img.format != "JPEG":
@@ -154,12 +146,9 @@ def reduce_large(img: Image.Image, fit: tuple[int, int]) -> Image.Image:
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB (alpha composited on white, 16-bit scaled)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("L", "CMYK", "YCbCr", "1"):
-        return img.convert("RGB")
-    return Image.fromarray(np.round(_to_array(img) * 255.0).astype(np.uint8), "RGB")
+    """Any PIL mode -> 8-bit RGB exactly as the reference's Image.convert('RGB'): alpha dropped,
+    16-bit and float values clipped to 0..255, no EXIF rotation."""
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def open_rgb(path: str | Path, fit: tuple[int, int] | None = None) -> Image.Image:
@@ -188,13 +177,13 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def is_pair(img: Image.Image) -> bool:
-    """Whether the file behind `img` (from open_rgb) is A|B side by side: width = 2 x height."""
-    w, h = img.info.get("source_size", img.size)
-    return w == 2 * h
+    """Whether the file behind `img` (from open_rgb) can be split into A|B: at least 2 pixels wide."""
+    return img.info.get("source_size", img.size)[0] >= 2
 
 
 def split_pair(img: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """(A, B) halves of a side-by-side A|B image, split as the reference splits them."""
+    """(A, B) halves of a side-by-side A|B image of any width, split as the reference splits them:
+    A the left int(w / 2) columns, B the rest."""
     half = img.width // 2
     return img.crop((0, 0, half, img.height)), img.crop((half, 0, img.width, img.height))
 

@@ -16,6 +16,7 @@ from .atomic import atomic_write_bytes
 from .errors import PbganError
 from .images import to_pil
 from .protocol import DEFAULT_PROTOCOL, translate
+from .store import model_dir_containing
 
 # -----------------------------------------------------------------------------
 # the task-by-stage matrix and forgetting (pure functions of manifest["stages"])
@@ -79,6 +80,26 @@ def require_shared_tasks(ratios: Mapping[str, Any], baseline_root: Path) -> None
     if not ratios:
         raise PbganError(f"the baseline model {baseline_root} has no task named like this model's tasks; "
                          "give --baseline a model trained on the same task names")
+
+
+def check_report_folder(out: Path, root: Path, force: bool = False) -> None:
+    """A report goes to MODEL_DIR/report (rewritten each time) or to a folder outside any model
+    directory that is new or empty, or that holds an earlier report and `force` is given."""
+    out = Path(out)
+    if out.resolve() == (Path(root) / "report").resolve():
+        return
+    inside = model_dir_containing(out, root)
+    if inside is not None:
+        raise PbganError(f"--out {out} is inside the model directory {inside}; write the report outside it, or "
+                         "leave out --out for MODEL_DIR/report")
+    if out.exists() and not out.is_dir():
+        raise PbganError(f"--out {out} is a file; give a folder for the report")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / "index.html").is_file():
+        raise PbganError(f"--out {out} holds files but no report (index.html); give a new or empty folder")
+    if not force:
+        raise PbganError(f"--out {out} holds a report already; add --force to replace it, or give a new folder")
 
 
 # -----------------------------------------------------------------------------

@@ -39,7 +39,8 @@ class CycleGAN(Architecture):
         Option("norm", "instance", "normalization layer", choices=("batch", "instance", "none")),
         Option("dropout", False, "dropout 0.5 in the ResNet blocks (the reference CycleGAN uses none)"),
         *DISCRIMINATOR_OPTIONS,
-        Option("gan-mode", "lsgan", "adversarial loss", choices=("vanilla", "lsgan", "hinge", "wgangp")),
+        Option("gan-mode", "lsgan", "adversarial loss (wgangp as in the reference: no gradient "
+               "penalty unless --gp-lambda)", choices=("vanilla", "lsgan", "hinge", "wgangp")),
         Option("lambda-a", 10.0, "weight of the cycle loss A -> B -> A", min=0),
         Option("lambda-b", 10.0, "weight of the cycle loss B -> A -> B", min=0),
         Option("lambda-identity", 0.5, "weight of the identity loss, relative to lambda-a / lambda-b (0: off)", min=0),
@@ -80,9 +81,7 @@ class CycleGANTrainer(Trainer):
 
     def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         loss = 0.5 * (self.gan(D(real), True) + self.gan(D(fake), False))
-        if self.opts["gan_mode"] == "wgangp":
-            loss = loss + gradient_penalty(D, real, fake)
-        return loss
+        return loss + gradient_penalty(D, real, fake, lambda_gp=self.opts.get("gp_lambda", 0.0))
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         real_a, real_b = batch["A"], batch["B"]

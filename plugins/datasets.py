@@ -133,10 +133,10 @@ class Images:
 
 
 def halves(img: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """(A, B) of a side-by-side A|B image."""
+    """(A, B) of a side-by-side A|B image, of any width as in the reference."""
     if not is_pair(img):
         w, h = img.info.get("source_size", img.size)
-        raise WrongLayout(f"{w}x{h}, expected width = 2 x height")
+        raise WrongLayout(f"{w}x{h}, too narrow to split into A and B halves")
     return split_pair(img)
 
 

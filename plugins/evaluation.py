@@ -125,7 +125,9 @@ def register_commands(cli):
 
     @cli.command("report")
     def report_cmd(
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: MODEL_DIR/report]"),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder outside the model directory "
+                                           "[default: MODEL_DIR/report]"),
+        force: bool = typer.Option(False, "--force", help="Replace an earlier report in the --out folder"),
         metric: str = typer.Option("ssim", "--metric", help="Metric of the task-by-stage heatmap"),
         samples: int = typer.Option(4, "--samples", min=1, help="Test images per task in the sample grids"),
         protocol: str = ProtocolOption,
@@ -139,5 +141,5 @@ def register_commands(cli):
 
         Example: pbgan report --model-dir pbgan-model
         """
-        index = Model.open(model_dir).report(out, metric, samples, protocol, baseline)
+        index = Model.open(model_dir).report(out, metric, samples, protocol, baseline, force)
         console.print(f"wrote {index}")

@@ -6,8 +6,8 @@ Registered losses (``register_losses``):
 vanilla   ``GANLoss('vanilla')``: binary cross-entropy on logits (pix2pix)
 lsgan     ``GANLoss('lsgan')``: least squares, MSE against 1/0 (CycleGAN)
 hinge     ``GANLoss('hinge')``: D ``relu(1 - x)`` / ``relu(1 + x)``, G ``-x``
-wgangp    ``GANLoss('wgangp')``: D ``-x`` / ``x``, G ``-x``; pair with
-          :func:`gradient_penalty`
+wgangp    ``GANLoss('wgangp')``: D ``-x`` / ``x``, G ``-x``, as the reference; the
+          trainers add :func:`gradient_penalty` only with ``--gp-lambda`` > 0
 l1        ``nn.L1Loss()``: the pix2pix reconstruction term
 ========  ====================================================================
 """
@@ -162,7 +162,7 @@ _DESCRIPTIONS = {
     "vanilla": "GAN loss: binary cross-entropy on discriminator logits (pix2pix default)",
     "lsgan": "GAN loss: least squares against 1/0 targets (CycleGAN default)",
     "hinge": "GAN loss: hinge; D relu(1-x)/relu(1+x), G -x",
-    "wgangp": "GAN loss: Wasserstein critic (D -x/x, G -x); add gradient_penalty",
+    "wgangp": "GAN loss: Wasserstein critic (D -x/x, G -x); no gradient penalty unless --gp-lambda",
 }
 
 

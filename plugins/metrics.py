@@ -178,11 +178,21 @@ class InceptionFeatures(torch.nn.Module):
         return self.inception((x * 255).byte())  # quantized as torchmetrics does for its own network
 
 
+def require_torch_fidelity(metric: str) -> None:
+    """torchmetrics imports without torch-fidelity and fails only when the network is built."""
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        raise PbganError(f"{metric} needs the torch-fidelity package, which is not installed; install it with "
+                         "pip install \"pbgan[metrics]\" (or pip install torch-fidelity)") from None
+
+
 def inception_features(path: Path) -> InceptionFeatures:
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3  # noqa: F401
     except Exception as exc:
         raise _import_failed("fid and kid", exc) from None
+    require_torch_fidelity("fid and kid")
     try:
         return InceptionFeatures(path)
     except Exception as exc:

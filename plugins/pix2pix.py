@@ -73,6 +73,9 @@ DISCRIMINATOR_OPTIONS = (
     Option("n-layers-d", 3, "layers of the n_layers PatchGAN", min=0),
     Option("lr", 2e-4, "Adam learning rate (0: the weights stay as they are)", min=0),
     Option("beta1", 0.5, "Adam beta1", min=0, below=1),
+    Option("gp-lambda", 0.0, "weight of the WGAN-GP gradient penalty on the discriminator (0: none, as in the "
+           "reference, whose pix2pix and CycleGAN never apply it, --gan-mode wgangp included; the WGAN-GP paper "
+           "uses 10)", min=0),
 )
 
 
@@ -87,7 +90,8 @@ class Pix2Pix(Architecture):
         Option("upsample", "transpose", "U-Net upsampling: transpose (the reference's transposed convs) or resize "
                "(nearest 2x + 3x3 conv: no checkerboard artifacts)", choices=UPSAMPLING),
         *DISCRIMINATOR_OPTIONS,
-        Option("gan-mode", "vanilla", "adversarial loss", choices=("vanilla", "lsgan", "hinge", "wgangp")),
+        Option("gan-mode", "vanilla", "adversarial loss (wgangp as in the reference: no gradient "
+               "penalty unless --gp-lambda)", choices=("vanilla", "lsgan", "hinge", "wgangp")),
         Option("lambda-l1", 100.0, "weight of the L1 loss", min=0),
     )
 
@@ -137,8 +141,7 @@ class Pix2PixTrainer(Trainer):
         fake_ab = torch.cat([real_a, fake_b.detach()], 1)
         real_ab = torch.cat([real_a, real_b], 1)
         loss_d = 0.5 * (self.gan(self.D(fake_ab), False) + self.gan(self.D(real_ab), True))
-        if self.opts["gan_mode"] == "wgangp":
-            loss_d = loss_d + gradient_penalty(self.D, real_ab, fake_ab)
+        loss_d = loss_d + gradient_penalty(self.D, real_ab, fake_ab, lambda_gp=self.opts.get("gp_lambda", 0.0))
         self.scaler.scale(loss_d).backward()
         self.scaler.step(self.opt_D)
 

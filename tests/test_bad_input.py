@@ -82,7 +82,7 @@ def non_image_files(tmp, model):
 
 
 def wrong_layout(tmp, model):
-    return train(model, write_pairs(tmp / "d", size=(32, 32))), "are not"
+    return train(model, write_pairs(tmp / "d", size=(1, 32))), "are not"
 
 
 def empty_folder(tmp, model):
@@ -301,8 +301,8 @@ def generate_non_image(tmp, model):
 
 
 def generate_wrong_layout(tmp, model):
-    Image.new("RGB", (32, 32)).save(tmp / "square.png")
-    return ["generate", "--task", "base", "--aligned", tmp / "square.png", tmp / "out", "--model-dir", model], \
+    Image.new("RGB", (1, 32)).save(tmp / "line.png")
+    return ["generate", "--task", "base", "--aligned", tmp / "line.png", tmp / "out", "--model-dir", model], \
         "A|B side by side"
 
 

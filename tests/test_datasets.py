@@ -137,8 +137,8 @@ def test_aligned_skips_unreadable_with_one_warning(tmp_path):
 
 def test_aligned_wrong_layout_names_file(tmp_path):
     pair(tmp_path / "train" / "1.png", texture(16, 16), texture(16, 16))
-    save(tmp_path / "train" / "2.png", texture(16, 16))  # square: not A|B
-    with pytest.raises(PbganError, match=r"2\.png \(16x16") as e:
+    save(tmp_path / "train" / "2.png", texture(16, 1))  # one column: no A|B halves
+    with pytest.raises(PbganError, match=r"2\.png \(1x16, too narrow") as e:
         ds.AlignedDataset().build(tmp_path, "train", opts(16), True)
     assert "1.png" not in str(e.value) and "\n" not in str(e.value)
 
@@ -257,8 +257,11 @@ def test_derived_split_and_half(tmp_path):
     pair(tmp_path / "ab" / "train" / "0.png", solid(16, 16, (255, 0, 0)), solid(16, 16, (0, 0, 255)))
     item = ds.DerivedDataset().build(tmp_path / "ab", "train", opts(16, half="B", derive="grayscale"), True)[0]
     assert torch.allclose(item["B"][2], torch.ones(16, 16), atol=1e-5)
+    photos(tmp_path / "narrow", 2, size=16)
+    for p in (tmp_path / "narrow").iterdir():
+        Image.open(p).crop((0, 0, 1, 16)).save(p)
     with pytest.raises(PbganError, match="not side-by-side"):
-        ds.DerivedDataset().build(tmp_path / "flat", "train", opts(16, half="A"), True)
+        ds.DerivedDataset().build(tmp_path / "narrow", "train", opts(16, half="A"), True)
 
 
 @needs_data

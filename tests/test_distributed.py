@@ -1,8 +1,10 @@
 """Training one task in several processes (torchrun, gloo on CPU) and in mixed precision."""
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from pbgan_core import distributed
 from pbgan_core.engine import _batches
+from pbgan_core.lock import lock_holder, model_lock
 from pbgan_core.plugins import get_plugins
 from pbgan_core.store import ModelStore
 from tests.conftest import EDGES2SHOES, FACADES, needs_data, one_line_error
@@ -117,3 +120,38 @@ def test_loss_scaling_leaves_an_fp32_step_unchanged(arch):
         weights.append(torch.cat([p.detach().flatten() for g in generators.values() for p in g.parameters()]))
     assert torch.equal(weights[0], weights[1])
     assert trainer.state_dict()["scaler"]["scale"] == 1024.0
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@needs_data(FACADES)
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_stopping_the_parent_of_two_processes_stops_them_and_frees_the_model(tmp_path):
+    model = tmp_path / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    parent = subprocess.Popen([sys.executable, "-m", "pbgan_core", "train", "--nproc", "2", "--arch", "pix2pix",
+                               "--task", "f", "--data", FACADES, "--direction", "BtoA", *SMALL, "--steps", "100000",
+                               "--model-dir", model], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while lock_holder(model) is None:  # the workers have started and taken the model's lock
+            assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
+            time.sleep(0.5)
+        launcher = children(parent.pid)
+        parent.send_signal(signal.SIGINT)  # the parent only, as `kill -INT PID` does
+        _, err = parent.communicate(timeout=120)
+        assert parent.returncode == 130 and "error: interrupted" in err, err
+        with model_lock(model):  # free: no worker holds it
+            pass
+        for pid in launcher:
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pid, 0)  # nothing of the launcher's process group is left
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        holder = lock_holder(model)
+        if holder:  # a worker left running by a failure above
+            os.kill(int(holder.split()[1]), signal.SIGKILL)

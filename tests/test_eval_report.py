@@ -3,6 +3,7 @@ images exist."""
 import importlib.util
 import json
 import math
+import shutil
 from html.parser import HTMLParser
 
 import pytest
@@ -195,3 +196,26 @@ def test_report_with_a_baseline_has_the_ratio_table(cli, two_tasks, warm_copy, t
     cli("report", "--model-dir", two_tasks, "--out", out, "--samples", "1", "--baseline", warm_copy)
     page = (out / "index.html").read_text()
     assert "Ratio to the baseline" in page and "stored params" in page
+
+
+@needs_data(FACADES)
+def test_report_replaces_a_report_only_with_force_and_writes_in_the_model_only_its_own(cli, two_tasks, tmp_path):
+    model = shutil.copytree(two_tasks, tmp_path / "m")
+    out = tmp_path / "r"
+    cli("report", "--model-dir", model, "--out", out, "--samples", "1")
+    (out / "index.html").write_text("mine")
+    _, _, err = cli("report", "--model-dir", model, "--out", out, "--samples", "1", expect=1)
+    assert f"--out {out} holds a report already; add --force" in one_line_error(err)
+    assert (out / "index.html").read_text() == "mine"
+    cli("report", "--model-dir", model, "--out", out, "--samples", "1", "--force")
+    assert (out / "index.html").read_text() != "mine"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep")
+    _, _, err = cli("report", "--model-dir", model, "--out", tmp_path / "notes", "--force", expect=1)
+    assert "holds files but no report" in one_line_error(err)
+    for inside in (model / "bank" / "r", model / "r"):
+        _, _, err = cli("report", "--model-dir", model, "--out", inside, expect=1)
+        assert "is inside the model directory" in one_line_error(err) and not inside.exists()
+    for _ in range(2):  # MODEL_DIR/report, the default, is the model's own: rewritten each time
+        cli("report", "--model-dir", model, "--samples", "1")
+    assert (model / "report" / "index.html").is_file()

@@ -1,5 +1,6 @@
 """Image I/O: natural order, decoding any mode to (3, H, W) in [-1, 1], bad files, atomic PNG writes."""
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -187,3 +188,18 @@ def test_write_clamps_and_accepts_gray(tmp_path):
     assert torch.allclose(y[:, 0, 0], -torch.ones(3)) and torch.allclose(y[:, 0, 1], torch.ones(3))
     with pytest.raises(ValueError):
         write_image(torch.zeros(1, 3, 4, 4), tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("kind", ["pipe", "link", "folder"])
+def test_write_replaces_only_a_regular_file(tmp_path, kind):
+    target = tmp_path / "x.png"
+    if kind == "pipe":
+        os.mkfifo(target)
+    elif kind == "link":
+        target.symlink_to(write_image(torch.zeros(3, 2, 2), tmp_path / "kept.png"))
+    else:
+        target.mkdir()
+    with pytest.raises(PbganError, match="x.png exists and is not a regular file"):
+        write_image(torch.zeros(3, 2, 2), target)
+    assert target.is_symlink() if kind == "link" else not target.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"x.png", "kept.png"} if kind == "link" else {"x.png"})

@@ -1,5 +1,7 @@
 """Export to plain formats and import of reference pix2pix generator checkpoints."""
 import importlib.util
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,17 @@ def test_export_state_dict_refuses_resize_upsampling(cli, tmp_path):
     assert "resize-convolution" in one_line_error(err) and not (tmp_path / "out").exists()
     cli("export", "--task", "resized", "--format", "torchscript", tmp_path / "G.pt", "--model-dir", model)
     assert (tmp_path / "G.pt").stat().st_size > 0
+
+
+def test_export_force_replaces_only_regular_files(cli, tmp_path):
+    _, model = imported(cli, tmp_path)
+    (tmp_path / "mine").write_bytes(b"mine")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "mine")
+    os.mkfifo(tmp_path / "pipe.pt")  # stands for a device node such as /dev/full
+    for target, kind in ((tmp_path / "pipe.pt", stat.S_ISFIFO), (tmp_path / "link.pt", stat.S_ISLNK)):
+        _, _, err = cli("export", "--task", "ref", "--format", "torchscript", target, "--force", "--model-dir", model,
+                        expect=1)
+        assert f"{target} exists and is not a regular file" in one_line_error(err)
+        assert kind(os.lstat(target).st_mode)
+    assert (tmp_path / "mine").read_bytes() == b"mine"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

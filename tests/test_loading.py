@@ -110,3 +110,45 @@ def test_large_jpeg_is_reduced_cheaply_and_stays_close(tmp_path):
 def test_inputs_below_sixteen_times_the_target_are_not_reduced(tmp_path):
     Image.fromarray(np.zeros((510, 1020, 3), np.uint8)).save(tmp_path / "ab.jpg")
     assert open_rgb(tmp_path / "ab.jpg", (64, 32)).size == (1020, 510)
+
+
+@pytest.mark.parametrize("width", [513, 600])
+def test_pairs_whose_width_is_not_twice_the_height_split_as_the_reference(tmp_path, width):
+    folder = tmp_path / "pairs" / "test"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(width)
+    Image.fromarray(rng.integers(0, 256, (256, width, 3), dtype=np.uint8)).save(folder / "0.png")
+    item = ds.AlignedDataset().build(tmp_path / "pairs", "test", {"size": 32}, train=False)[0]
+    ref_a, ref_b = reference_halves(folder / "0.png", 32, 32, 0, 0, False)
+    assert torch.equal(item["A"], ref_a) and torch.equal(item["B"], ref_b)
+    assert torch.equal(load_condition(folder / "0.png", 32, "BtoA", aligned=True), ref_b)
+
+
+def rgba_pair(path: Path) -> None:
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (32, 64, 4), dtype=np.uint8), "RGBA").save(path.with_suffix(".png"))
+
+
+def sixteen_bit_pair(path: Path) -> None:
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 65536, (32, 64), dtype=np.uint16)).save(path.with_suffix(".png"))
+
+
+def exif_rotated_pair(path: Path) -> None:
+    rng = np.random.default_rng(3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)).save(path.with_suffix(".jpg"), exif=exif)
+
+
+@pytest.mark.parametrize("make", [rgba_pair, sixteen_bit_pair, exif_rotated_pair])
+def test_any_image_mode_loads_as_the_reference_converts_it(tmp_path, make):
+    """Image.open(path).convert('RGB'): alpha dropped, 16-bit clipped, EXIF orientation ignored."""
+    folder = tmp_path / "pairs" / "test"
+    folder.mkdir(parents=True)
+    make(folder / "0")
+    path = next(folder.iterdir())
+    item = ds.AlignedDataset().build(tmp_path / "pairs", "test", {"size": 16}, train=False)[0]
+    ref_a, ref_b = reference_halves(path, 16, 16, 0, 0, False)
+    assert torch.equal(item["A"], ref_a) and torch.equal(item["B"], ref_b)
+    assert torch.equal(load_condition(path, 16, "AtoB", aligned=True), ref_a)

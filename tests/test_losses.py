@@ -127,3 +127,28 @@ def test_register_losses():
     built = got["hinge"].build()
     assert isinstance(built, GANLoss) and built.gan_mode == "hinge"
     assert isinstance(got["l1"].build(), nn.L1Loss)
+
+
+def discriminator_calls(arch: str, **options) -> int:
+    """How often the trainer's discriminators run in one training step."""
+    from pbgan_core.plugins import get_plugins
+
+    architecture = get_plugins().architectures.get(arch)
+    opts = {o.key: o.default for o in architecture.options}
+    opts.update(size=32, ngf=8, ndf=8, direction="AtoB", seed=0, **options)
+    if arch == "cyclegan":
+        opts["netG"] = "resnet_6blocks"
+    trainer = architecture.build_trainer(architecture.build_generators(opts), opts, torch.device("cpu"), 10)
+    calls = []
+    for module in vars(trainer).values():
+        if isinstance(module, nn.Module) and type(module).__name__.endswith("Discriminator"):
+            module.register_forward_hook(lambda *_: calls.append(1))
+    trainer.step({k: torch.rand(1, 3, 32, 32) * 2 - 1 for k in "AB"})
+    return len(calls)
+
+
+@pytest.mark.parametrize("arch", ["pix2pix", "cyclegan"])
+def test_wgangp_applies_no_gradient_penalty_unless_asked_as_the_reference(arch):
+    plain = discriminator_calls(arch, gan_mode="lsgan")
+    assert discriminator_calls(arch, gan_mode="wgangp") == plain
+    assert discriminator_calls(arch, gan_mode="wgangp", gp_lambda=10.0) > plain  # the penalty's extra pass

@@ -3,6 +3,7 @@ stand-in feature extractor; lpips and the real Inception only where their weight
 import importlib
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,17 @@ def test_fid_with_the_real_inception():
     acc = M.set_score("fid")
     acc.update(images(4, 32), images(4, 32, seed=5))
     assert acc.compute() > 0
+
+
+@pytest.mark.skipif(not _loads("torchmetrics"), reason="torchmetrics does not load")
+@pytest.mark.parametrize("name", ["fid", "kid"])
+def test_without_torch_fidelity_fid_and_kid_say_so_not_blame_the_weights(name, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # as if not installed
+    weights = tmp_path / M.INCEPTION_FILE
+    torch.save({}, weights)
+    M.configure(fid_weights=weights)
+    with pytest.raises(PbganError) as info:
+        M.set_score(name)
+    message = str(info.value)
+    assert "needs the torch-fidelity package, which is not installed" in message and "pip install" in message
+    assert "is not torch-fidelity's Inception weights" not in message and "\n" not in message

@@ -11,10 +11,14 @@ from tests.conftest import FACADES, TINY, needs_data
 
 
 def reference_rates(n_epochs: int, n_epochs_decay: int, steps_per_epoch: int) -> list[float]:
-    """The reference's linear policy as its train loop applies it: lambda_rule(epoch) with the
-    scheduler stepped once at the end of every epoch (epoch_count 1)."""
+    """The reference's linear policy as its current train.py applies it: networks.get_scheduler's
+    lambda_rule(epoch) = 1 - max(0, epoch + epoch_count - n_epochs) / (n_epochs_decay + 1) with
+    epoch_count 1, and model.update_learning_rate() after each epoch's iterations (the 2020-2024
+    train.py called it before them)."""
+    epoch_count = 1
+
     def lambda_rule(epoch):
-        return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+        return 1.0 - max(0, epoch + epoch_count - n_epochs) / float(n_epochs_decay + 1)
 
     opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=2e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda_rule)
