@@ -180,21 +180,22 @@ def edited_fields(entry: dict[str, Any], record: str) -> list[tuple[str, str, st
     its commit record; fields of an object field are named inside it (`options.budget`)."""
     then = json.loads(record)
     now = {k: v for k, v in entry.items() if k not in (*CHANGES_AFTER_COMMIT, *NOT_IN_RECORD)}
-    absent = object()
-
-    def show(v: Any) -> str:
-        text = "absent" if v is absent else _canonical(v)
-        return text if len(text) <= 40 else text[:36] + "..."
-
-    edits = []
+    pairs = []
     for key in sorted(set(then) | set(now)):
-        a, b = then.get(key, absent), now.get(key, absent)
+        a, b = then.get(key), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            edits += [(f"{key}.{k}", show(a.get(k, absent)), show(b.get(k, absent))) for k in sorted(set(a) | set(b))
-                      if show(a.get(k, absent)) != show(b.get(k, absent))]
-        elif show(a) != show(b):
-            edits.append((key, show(a), show(b)))
-    return edits
+            pairs += [(f"{key}.{k}", a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(set(a) | set(b))]
+        else:
+            pairs.append((key, then.get(key, ABSENT), now.get(key, ABSENT)))
+    return [(name, _shown(a), _shown(b)) for name, a, b in pairs if _canonical(a) != _canonical(b)]
+
+
+ABSENT = "(absent)"  # how a field missing on one side shows
+
+
+def _shown(value: Any) -> str:
+    text = value if value is ABSENT else _canonical(value)
+    return text if len(text) <= 40 else text[:36] + "..."
 
 
 def check_entry_unedited(entry: dict[str, Any], path: Path) -> None:

@@ -102,7 +102,8 @@ def _check_probe(store: ModelStore, plugins, entry: dict[str, Any], recorded: di
         check.problems.append(str(exc))
         return
     difference = probe_difference(recorded, now) if recorded is not None else None
-    if outputs_sha256(now) == entry.get("probe_sha256"):
+    recorded_sha256 = outputs_sha256(recorded) if recorded is not None else entry.get("probe_sha256")
+    if outputs_sha256(now) == recorded_sha256:
         check.probe = "probe output bit-identical to the one recorded at training"
     elif difference is not None and difference <= PROBE_TOLERANCE:
         check.probe = (f"probe output within {PROBE_TOLERANCE:.0e} of the one recorded at training (max difference "
@@ -117,7 +118,7 @@ def _check_probe(store: ModelStore, plugins, entry: dict[str, Any], recorded: di
     else:
         check.notes.append("its probe output differs at bit level from the one recorded where it was trained "
                            "(another CPU or torch build rounds differently); its pbgan recorded only a hash, so "
-                           "the difference cannot be measured. Its files and bank fingerprint match")
+                           "the difference cannot be measured; its files' hashes and bank fingerprint match")
     latest = store.tasks[-1]["name"]
     if not plugins.factorizers.get(entry["factorizer"]).keeps_old_tasks and name != latest:
         moved = probe_difference(now, probe_task_outputs(store, plugins, name))
