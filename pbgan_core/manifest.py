@@ -132,15 +132,15 @@ def validate(manifest: Any, path: Path) -> dict[str, Any]:
                 raise bad(f"{where} option {key!r}", f"must be {kind}, got {json.dumps(entry['options'][key])[:60]}")
         if entry["index"] != i + 1:
             raise bad(f"{where} field 'index'", f"is {entry['index']}, its position says {i + 1}")
+        if entry["name"] in names:
+            raise bad(where, f"repeats the task name {entry['name']!r}")
+        names.add(entry["name"])
         expected = file_name(i + 1, entry["name"])
         for key, folder in (("file", "tasks"), ("bank_file", "bank"), ("probe_file", "probes")):
             if key in entry and entry[key] != f"{folder}/{expected}":
                 raise bad(f"{where} field {key!r}", f"is {entry[key]!r}, expected '{folder}/{expected}'")
         if ("probe_file" in entry) != ("probe_file_sha256" in entry):
             raise bad(where, "must have both 'probe_file' and 'probe_file_sha256' or neither")
-        if entry["name"] in names:
-            raise bad(where, f"repeats the task name {entry['name']!r}")
-        names.add(entry["name"])
     stages = manifest.get("stages", [])
     if not isinstance(stages, list):
         raise bad("field 'stages'", "must be a list")

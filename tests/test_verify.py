@@ -260,3 +260,15 @@ def test_finetune_forgets_by_design_and_passes(cli, tmp_path):
 def test_no_model(cli, tmp_path):
     _, _, err = cli("verify", "--model-dir", tmp_path / "none", expect=1)
     assert "no pbgan model" in one_line_error(err)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e.update(probe_file="probes/0002-second.safetensors"),
+     "field 'probe_file' is 'probes/0002-second.safetensors', expected 'probes/0001-first.safetensors'"),
+    (lambda e: e.pop("probe_file_sha256"), "must have both 'probe_file' and 'probe_file_sha256' or neither"),
+    (lambda e: e.update(entry_sha256="edited"), "field 'entry_sha256' must be a sha256 hex digest"),
+])
+def test_probe_fields_follow_the_schema(cli, copy, change, message):
+    edit_entry(copy, 0, change)
+    _, _, err = cli("verify", "--model-dir", copy, expect=1)
+    assert f"tasks[0] ('first') {message}" in one_line_error(err)
