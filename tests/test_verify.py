@@ -272,3 +272,10 @@ def test_probe_fields_follow_the_schema(cli, copy, change, message):
     edit_entry(copy, 0, change)
     _, _, err = cli("verify", "--model-dir", copy, expect=1)
     assert f"tasks[0] ('first') {message}" in one_line_error(err)
+
+
+def test_probe_files_count_among_a_task_s_bytes(cli, copy):
+    _, out, _ = cli("tasks", "--json", "--model-dir", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for row, entry in zip(json.loads(out)["tasks"], manifest["tasks"]):
+        assert row["file_bytes"] == sum((copy / entry[k]).stat().st_size for k in ("file", "bank_file", "probe_file"))
