@@ -249,10 +249,6 @@ def probe_outputs(generators: Mapping[str, nn.Module], size: int) -> dict[str, t
     return outputs
 
 
-def probe_sha256(generators: Mapping[str, nn.Module], size: int) -> str:
-    return outputs_sha256(probe_outputs(generators, size))
-
-
 def outputs_sha256(outputs: Mapping[str, torch.Tensor]) -> str:
     """The bit-level hash of probe outputs, as every manifest records it."""
     h = hashlib.sha256()
@@ -513,8 +509,9 @@ def _recompute_batchnorm(req: TrainRequest, arch: Architecture, dataset_plugin: 
 
 def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_tensors: dict[str, torch.Tensor],
                new_filters: dict[str, torch.Tensor], bank_fingerprint: str) -> None:
-    """Commit a task (with the probe output of its stored files and the entry's hash), drop its checkpoint and record
-    its metrics row. Inside a transaction. A message says what was kept when any step fails."""
+    """Commit a task (with the probe output of its stored files and the entry's hash), drop its
+    checkpoint and record its metrics row. Inside a transaction. A message says what was kept when
+    any step fails."""
     name = entry["name"]
 
     def add_probe(e: dict[str, Any]) -> None:

@@ -175,6 +175,14 @@ def entry_record(entry: dict[str, Any]) -> str:
     return _canonical({k: v for k, v in entry.items() if k not in (*CHANGES_AFTER_COMMIT, *NOT_IN_RECORD)})
 
 
+ABSENT = "(absent)"  # how a field missing on one side shows
+
+
+def _shown(value: Any) -> str:
+    text = value if value is ABSENT else _canonical(value)
+    return text if len(text) <= 40 else text[:36] + "..."
+
+
 def edited_fields(entry: dict[str, Any], record: str) -> list[tuple[str, str, str]]:
     """(field, value recorded at the commit, value now) for each field of `entry` that differs from
     its commit record; fields of an object field are named inside it (`options.budget`)."""
@@ -188,14 +196,6 @@ def edited_fields(entry: dict[str, Any], record: str) -> list[tuple[str, str, st
         else:
             pairs.append((key, then.get(key, ABSENT), now.get(key, ABSENT)))
     return [(name, _shown(a), _shown(b)) for name, a, b in pairs if _canonical(a) != _canonical(b)]
-
-
-ABSENT = "(absent)"  # how a field missing on one side shows
-
-
-def _shown(value: Any) -> str:
-    text = value if value is ABSENT else _canonical(value)
-    return text if len(text) <= 40 else text[:36] + "..."
 
 
 def check_entry_unedited(entry: dict[str, Any], path: Path) -> None:
