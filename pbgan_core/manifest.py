@@ -207,16 +207,10 @@ def check_entry_unedited(entry: dict[str, Any], path: Path) -> None:
 
 
 # --- what a task entry needs from the installed plugins ----------------------------------------
-# an option's type -> (what its value must be, check); choices are not checked: they may change
-# between versions, and a stored task keeps the value it was trained with
-OPTION_TYPES: dict[type, tuple[str, Callable[[Any], bool]]] = {
-    bool: ("true or false", lambda v: isinstance(v, bool)), int: ("a whole number", _whole),
-    float: ("a number", _number), str: ("text", _text)}
-
-
 def check_entry_plugins(entry: dict[str, Any], plugins: Any, path: Path) -> None:
     """The architecture and factorizer a stored task needs are installed, and its options have the
-    types the plugins declare them with (dataset options too, where that plugin is installed)."""
+    types the plugins declare them with (dataset options too, where that plugin is installed).
+    Choices are not checked: they may change between versions, and a stored task keeps its value."""
     where = f"{path}: task {entry['name']!r}"
     owners: list[tuple[str, Iterable[Option]]] = []
     for kind, key in (("architectures", "arch"), ("factorizers", "factorizer"), ("datasets", "dataset")):
@@ -229,7 +223,7 @@ def check_entry_plugins(entry: dict[str, Any], plugins: Any, path: Path) -> None
                              "; see `pbgan list-plugins`)")
     for owner, options in owners:
         for option in options:
-            kind, ok = OPTION_TYPES.get(option.type or type(option.default), ("", lambda v: True))
+            kind, ok = option.expects()
             if option.key in entry["options"] and not ok(entry["options"][option.key]):
                 raise PbganError(f"{where} option {option.key!r} (--{option.flag} of the {owner}) must be {kind}, "
                                  f"got {json.dumps(entry['options'][option.key])[:60]}; restore manifest.json from "

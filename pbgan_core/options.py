@@ -2,9 +2,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import UsageError
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# an option's type -> (what its value must be, check); JSON numbers without a fraction are ints
+VALUE_TYPES: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("a whole number", _whole),
+    float: ("a number", lambda v: _whole(v) or isinstance(v, float)),
+    str: ("text", lambda v: isinstance(v, str)),
+}
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,10 @@ class Option:
     @property
     def key(self) -> str:
         return self.flag.replace("-", "_")
+
+    def expects(self) -> tuple[str, Callable[[Any], bool]]:
+        """(what a value of this option must be, the check), from its type."""
+        return VALUE_TYPES.get(self.type or type(self.default), ("any value", lambda v: True))
 
     def convert(self, raw: str) -> Any:
         kind = self.type or type(self.default)
@@ -66,6 +83,8 @@ def check_options(values: Mapping[str, Any], options: Iterable[Option], owner: s
             raise _unknown(name, by_flag, owner)
         if isinstance(value, str) and (option.type or type(option.default)) is not str:
             value = option.convert(value)
+        elif not option.expects()[1](value):
+            raise UsageError(f"{option.key} expects {option.expects()[0]}, got {value!r}")
         elif option.choices and value not in option.choices:
             raise UsageError(f"{option.key} must be one of {', '.join(option.choices)}, got {value!r}")
         checked[option.key] = value

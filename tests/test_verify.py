@@ -279,3 +279,14 @@ def test_probe_files_count_among_a_task_s_bytes(cli, copy):
     manifest = json.loads((copy / "manifest.json").read_text())
     for row, entry in zip(json.loads(out)["tasks"], manifest["tasks"]):
         assert row["file_bytes"] == sum((copy / entry[k]).stat().st_size for k in ("file", "bank_file", "probe_file"))
+
+
+@pytest.mark.parametrize("option, value", [("no_flip", 1), ("ngf", 8.0), ("budget", "x"), ("netG", 3)])
+def test_python_api_refuses_option_values_a_stored_task_could_not_have(option, value, tmp_path):
+    """What `check_entry_plugins` refuses on load is never written: a keyword of the wrong type is refused first."""
+    from pbgan_core.api import train_request
+    from pbgan_core.errors import UsageError
+
+    with pytest.raises(UsageError, match=option):
+        train_request("pix2pix", "t", FACADES, model_dir=tmp_path / "m", **{option: value})
+    assert train_request("pix2pix", "t", FACADES, model_dir=tmp_path / "m", budget=1, no_flip=True).extra["budget"] == 1
