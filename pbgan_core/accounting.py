@@ -10,8 +10,8 @@ def task_rows(store: ModelStore) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows = []
     for entry in store.tasks:
         p = entry["params"]
-        size = sum((store.root / entry[k]).stat().st_size for k in ("file", "bank_file")
-                   if (store.root / entry[k]).exists())
+        size = sum((store.root / entry[k]).stat().st_size for k in ("file", "bank_file", "probe_file")
+                   if k in entry and (store.root / entry[k]).exists())
         rows.append({
             "index": entry["index"], "name": entry["name"], "arch": entry["arch"],
             "factorizer": entry["factorizer"], "direction": entry["direction"],

@@ -26,7 +26,7 @@ from .events import Dispatcher, Evaluated, Periodic, ProgressCallback, RunState,
 from .interfaces import Architecture
 from .options import Option, defaults
 from .plugins import Plugins
-from .manifest import DIRECTIONS
+from .manifest import DIRECTIONS, check_entry_plugins, entry_sha256
 from .protocol import DEFAULT_PROTOCOL, check_protocol, image_seed, translate
 from .samples import sample_maker
 from .store import ModelStore, check_task_name, stored_options
@@ -125,6 +125,7 @@ def load_generators(store: ModelStore, plugins: Plugins, name: str, device: torc
     bank, in every forward. Such a generator must not be changed in place; materializing it makes
     new weights."""
     entry, tensors, new_filters, bank = store.load_task(name)
+    check_entry_plugins(entry, plugins, store.manifest_path)
     if not plugins.factorizers.get(entry["factorizer"]).keeps_old_tasks:
         latest = as_of or store.tasks[-1]["name"]
         if latest != name:  # one shared model: every task uses the latest weights
@@ -224,31 +225,59 @@ def _check_resumable(ckpt: Mapping[str, Any], req: TrainRequest, opts: Mapping[s
                          "bank it trained against); delete the checkpoint folder and train the task again")
 
 
+# Probe outputs recomputed on another machine (another CPU's kernels, another torch build) may
+# round differently: they count as the same when no value moved by more than this. Outputs are
+# in [-1, 1]; the largest difference measured across CPU kernel sets was 7.4e-6 (README).
+PROBE_TOLERANCE = 1e-4
+
+
 def probe_task(store: ModelStore, plugins: Plugins, name: str) -> str:
-    """The probe hash of a stored task, computed on one CPU thread: summation order (and so
-    the last bits) of matrix products can depend on the thread count."""
+    """The probe hash of a stored task (see `probe_task_outputs`)."""
+    return outputs_sha256(probe_task_outputs(store, plugins, name))
+
+
+def probe_task_outputs(store: ModelStore, plugins: Plugins, name: str,
+                       as_of: str | None = None) -> dict[str, torch.Tensor]:
+    """The probe outputs of a stored task as it stood after task `as_of` (default: now), computed
+    on one CPU thread: summation order (and so the last bits) of matrix products can depend on the
+    thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        entry, generators = load_generators(store, plugins, name)
-        return probe_sha256(generators, int(entry["options"]["size"]))
+        entry, generators = load_generators(store, plugins, name, as_of=as_of)
+        return probe_outputs(generators, int(entry["options"]["size"]))
     finally:
         torch.set_num_threads(threads)
 
 
-def probe_sha256(generators: Mapping[str, nn.Module], size: int) -> str:
-    """Hash of the generators' outputs on a fixed seeded input: proves they still compute the
-    same function (`pbgan verify` recomputes it)."""
-    h = hashlib.sha256()
+def probe_outputs(generators: Mapping[str, nn.Module], size: int) -> dict[str, torch.Tensor]:
+    """Each generator's output on a fixed seeded input: recomputed, it shows whether they still
+    compute the same function (`pbgan verify`)."""
+    outputs = {}
     with torch.no_grad():
         for gname in sorted(generators):
             gen = generators[gname]
             first = next(m for m in gen.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
             x = torch.rand(1, first.in_channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-            y = gen(x.to(next(gen.parameters()).device)).detach().cpu().contiguous()
-            h.update(f"{gname}|{tuple(y.shape)}|".encode())
-            h.update(y.numpy().tobytes())
+            outputs[gname] = gen(x.to(next(gen.parameters()).device)).detach().cpu().contiguous()
+    return outputs
+
+
+def outputs_sha256(outputs: Mapping[str, torch.Tensor]) -> str:
+    """The bit-level hash of probe outputs, as every manifest records it."""
+    h = hashlib.sha256()
+    for gname in sorted(outputs):
+        y = outputs[gname]
+        h.update(f"{gname}|{tuple(y.shape)}|".encode())
+        h.update(y.numpy().tobytes())
     return h.hexdigest()
+
+
+def probe_difference(recorded: Mapping[str, torch.Tensor], now: Mapping[str, torch.Tensor]) -> float:
+    """The largest absolute difference between two sets of probe outputs (inf if they do not pair up)."""
+    if set(recorded) != set(now) or any(recorded[g].shape != now[g].shape for g in recorded):
+        return math.inf
+    return max((float((recorded[g].double() - now[g].double()).abs().max()) for g in recorded), default=0.0)
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device,
@@ -577,14 +606,17 @@ def _save_failure(save: Callable[[], Path]) -> PbganError | None:
 def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_tensors: dict[str, torch.Tensor],
                new_filters: dict[str, torch.Tensor], bank_fingerprint: str,
                keep: Callable[[], bool] | None = None) -> dict[str, dict[str, float]]:
-    """Commit a task (with the probe output of its stored files), drop its checkpoint and record
-    its metrics row, which it returns. Inside a transaction. A message says what was kept when any
-    step fails; if the task is not stored, `keep()` saves what it can of the trained weights first
-    (the task's own files are removed again by then, freeing their space)."""
+    """Commit a task (with the probe output of its stored files and the entry's hash), drop its
+    checkpoint and record its metrics row, which it returns. Inside a transaction. A message says
+    what was kept when any step fails; if the task is not stored, `keep()` saves what it can of the
+    trained weights first (the task's own files are removed again by then, freeing their space)."""
     name = entry["name"]
 
     def add_probe(e: dict[str, Any]) -> None:
-        e["probe_sha256"] = probe_task(store, plugins, name)
+        outputs = probe_task_outputs(store, plugins, name)
+        e["probe_sha256"] = outputs_sha256(outputs)
+        store.add_probe(e, outputs)
+        e["entry_sha256"] = entry_sha256(e)  # last: it covers every field written so far
 
     try:
         store.add_task(entry, task_tensors, new_filters, bank_fingerprint, finish=add_probe)

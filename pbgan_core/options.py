@@ -5,11 +5,24 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import UsageError
 
 INT64_MAX = 2**63 - 1  # integers end up in torch and JSON: larger ones are refused whatever the range
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# an option's type -> (what its value must be, check); JSON numbers without a fraction are ints
+VALUE_TYPES: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("a whole number", _whole),
+    float: ("a number", lambda v: _whole(v) or isinstance(v, float)),
+    str: ("text", lambda v: isinstance(v, str)),
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,10 @@ class Option:
     @property
     def key(self) -> str:
         return self.flag.replace("-", "_")
+
+    def expects(self) -> tuple[str, Callable[[Any], bool]]:
+        """(what a stored value of this option must be, the check), from its type."""
+        return VALUE_TYPES.get(self.kind, ("any value", lambda v: True))
 
     @property
     def kind(self) -> type:

@@ -17,7 +17,7 @@ from . import __version__
 from .atomic import sha256_bytes
 from .bank import FilterBank
 from .errors import PbganError
-from .manifest import FORMAT, file_name
+from .manifest import FORMAT, entry_sha256, file_name
 from .store import WHOLE_FILE, ModelStore
 
 
@@ -43,11 +43,24 @@ def _rebuilt_entry(store: ModelStore, index: int, name: str, bank: FilterBank) -
     return entry
 
 
+def _recover_probe(store: ModelStore, plugins, entry: dict[str, Any]) -> None:
+    """The task's recorded probe outputs, from its probe file where one was written (verify then
+    compares them with what the files compute now), else computed now and recorded."""
+    from .engine import outputs_sha256, probe_task_outputs
+
+    rel = f"probes/{file_name(entry['index'], entry['name'])}"
+    if (store.root / rel).is_file():
+        outputs, _ = store.read_tensors(rel, None)
+        entry.update(probe_file=rel, probe_file_sha256=sha256_bytes((store.root / rel).read_bytes()))
+    else:
+        outputs = probe_task_outputs(store, plugins, entry["name"])
+        store.add_probe(entry, outputs)
+    entry["probe_sha256"] = outputs_sha256(outputs)
+
+
 def recover_manifest(root: Path, plugins) -> list[str]:
     """Rebuild and write the manifest of the damaged model in `root` under its lock; the names of
     the tasks recovered. A PbganError, and nothing written, when any task file cannot be rebuilt."""
-    from .engine import probe_task
-
     store = ModelStore(root, recovering=True)
     with store.transaction():
         if store.exists:
@@ -78,6 +91,7 @@ def recover_manifest(root: Path, plugins) -> list[str]:
         store.manifest = {"format": FORMAT, "pbgan": __version__, "tasks": []}
         for entry in entries:
             store.tasks.append(entry)
-            entry["probe_sha256"] = probe_task(store, plugins, entry["name"])
+            _recover_probe(store, plugins, entry)
+            entry["entry_sha256"] = entry_sha256(entry)  # last: it covers every field written so far
         store.save_manifest()
     return [entry["name"] for entry in entries]

@@ -3,6 +3,7 @@
     manifest.json            tasks in order, options, fingerprints, file hashes, metrics
     bank/0001-NAME.safetensors   filters each task added to the bank (append-only)
     tasks/0001-NAME.safetensors  everything else each task's forward needs
+    probes/0001-NAME.safetensors the task's probe output and its entry, recorded at the commit
     checkpoints/NAME/        the state of a task being trained, until the manifest names it
     logs/                    training logs (not model files: never leftovers, never a task's name)
 
@@ -33,7 +34,8 @@ from .atomic import atomic_write_bytes, is_temporary, remove_path, sha256_bytes
 from .bank import FilterBank
 from .errors import PbganError
 from .lock import LOCK_NAME, model_lock
-from .manifest import FORMAT, NAME_PATTERN, check_task_name, empty_manifest, file_name, validate  # noqa: F401
+from .manifest import (FORMAT, NAME_PATTERN, check_entry_unedited, check_task_name, empty_manifest,  # noqa: F401
+                       entry_record, file_name, validate)
 from .tensorfile import read_metadata as _safetensors_metadata
 from .tensorfile import save_bytes
 
@@ -208,9 +210,9 @@ class ModelStore:
         """Files no manifest entry names: task and bank files of an interrupted commit, temporary
         files of a killed write, checkpoints of tasks already stored. Only names pbgan writes
         count: anything else in the directory is not pbgan's and is left alone."""
-        named = {entry[key] for entry in self.tasks for key in ("file", "bank_file")}
+        named = {entry[key] for entry in self.tasks for key in ("file", "bank_file", "probe_file") if key in entry}
         found = []
-        for folder in ("tasks", "bank"):
+        for folder in ("tasks", "bank", "probes"):
             if (self.root / folder).is_dir():
                 found += [p for p in sorted((self.root / folder).iterdir())
                           if STORED_FILE.match(p.name) and f"{folder}/{p.name}" not in named]
@@ -293,6 +295,7 @@ class ModelStore:
             if not self._committed(entry):
                 if self.tasks and self.tasks[-1] is entry:
                     self.tasks.pop()
+                written += [entry["probe_file"]] if "probe_file" in entry else []
                 for rel in written:
                     with contextlib.suppress(Exception):  # best effort: what stays is a leftover
                         (self.root / rel).unlink(missing_ok=True)
@@ -309,6 +312,15 @@ class ModelStore:
             return any(isinstance(t, dict) and t.get("file") == entry.get("file") for t in on_disk)
         except (OSError, ValueError, AttributeError):
             return False
+
+    def add_probe(self, entry: dict[str, Any], outputs: dict[str, torch.Tensor]) -> None:
+        """Record a task's probe outputs with a copy of its entry, from `add_task`'s `finish`: the
+        file is written once, like the task's other files, and named by the entry."""
+        self._check_locked()
+        rel = f"probes/{self.file_name(entry['index'], entry['name'])}"
+        meta = {"task": entry["name"], "index": str(entry["index"]), "kind": "probe", "entry": entry_record(entry)}
+        entry["probe_file_sha256"] = self._write_tensors(rel, outputs, meta)
+        entry["probe_file"] = rel
 
     def load_bank(self, length: int | None = None) -> FilterBank:
         """The bank as it stood after `length` tasks (all by default), verified against the manifest."""
@@ -333,6 +345,7 @@ class ModelStore:
             raise PbganError(f"{self.root / entry['file']} was trained against another filter bank "
                              f"(fingerprint {str(needed)[:12]}, this model has {bank.fingerprint()[:12]}): "
                              "it belongs to a different model directory")
+        check_entry_unedited(entry, self.manifest_path)
         return entry, tensors, new_filters, bank
 
     def update_entry(self, name: str, **fields: Any) -> None:

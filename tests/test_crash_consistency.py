@@ -32,7 +32,7 @@ FAST = [*TINY, "--max-images", "4", "--eval-images", "1"]
 TRAIN = ["train", "--arch", "pix2pix", "--task", "new", "--data", FACADES, "--direction", "BtoA", *FAST,
          "--steps", "2", "--checkpoint-every", "1"]
 KINDS = ("disk-full", "ctrl-c", "kill")
-RESULT_FIELDS = ("sha256", "bank_sha256", "probe_sha256", "params", "metrics")
+RESULT_FIELDS = ("sha256", "bank_sha256", "probe_sha256", "probe_file_sha256", "params", "metrics")
 
 
 class Fault:
@@ -103,7 +103,7 @@ def unexpected_files(model: Path) -> set[str]:
     manifest = json.loads((model / "manifest.json").read_text()) if (model / "manifest.json").exists() else {}
     tasks = manifest.get("tasks", [])
     stored = {t["name"] for t in tasks}
-    named = {t[k] for t in tasks for k in ("file", "bank_file")} | {"manifest.json", ".lock"}
+    named = {t[k] for t in tasks for k in ("file", "bank_file", "probe_file")} | {"manifest.json", ".lock"}
     found = set()
     for rel in snapshot(model) if model.exists() else {}:
         if rel in named or rel.startswith("logs/"):  # training logs are not model files
@@ -122,7 +122,7 @@ def check_invariants(model: Path, before: dict[str, bytes], capsys) -> ModelStor
     if model.exists():
         after = snapshot(model)
         for entry in earlier:
-            for key in ("file", "bank_file"):
+            for key in ("file", "bank_file", "probe_file"):
                 assert after.get(entry[key]) == before[entry[key]], f"{entry[key]} changed"
     store = ModelStore(model)
     assert store.tasks[: len(earlier)] == earlier
@@ -287,7 +287,8 @@ def imported(one_thread, tmp_path_factory):
 @pytest.mark.parametrize("kind", KINDS)
 def test_import_survives_a_fault_at_every_write_point(imported, kind, tmp_path, capsys):
     argv, reference, points = imported
-    assert len(points) == 10  # empty manifest, task file, bank file, manifest, manifest with the metrics row
+    # empty manifest, task file, bank file, probe file, manifest, manifest with the metrics row
+    assert len(points) == 12
     for at, (stage, _) in enumerate(points):
         if kind == "disk-full" and stage != "write":
             continue

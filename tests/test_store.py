@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pbgan_core.manifest import validate
+from pbgan_core.manifest import entry_sha256, validate
 from pbgan_core.store import ModelStore
 from pbgan_core.tensorfile import read_metadata, save_bytes
 from tests.conftest import FACADES, TINY, needs_data, one_line_error
@@ -258,8 +258,11 @@ def test_a_lost_manifest_is_refused_until_recover_rebuilds_it(cli, two_tasks, tm
     _, out, _ = cli("recover", "--model-dir", model)
     assert "rebuilt from the files of 2 task(s): base, next" in out and "2 task(s) verified" in out
     recovered = json.loads((model / "manifest.json").read_text())["tasks"]
-    lost = ("train", "metrics", "metrics_protocol")  # not in the files: eval measures the metrics again
-    assert recovered == [{k: v for k, v in entry.items() if k not in lost} for entry in manifest["tasks"]]
+    # not in the files: eval measures the metrics again; the entry's hash covers what is left
+    lost = ("train", "metrics", "metrics_protocol", "entry_sha256")
+    assert [{k: v for k, v in entry.items() if k not in lost} for entry in recovered] == \
+        [{k: v for k, v in entry.items() if k not in lost} for entry in manifest["tasks"]]
+    assert all(entry["entry_sha256"] == entry_sha256(entry) for entry in recovered)
     assert outputs("after") == before
     _, _, err = cli("recover", "--model-dir", model, expect=1)
     assert "nothing to recover" in one_line_error(err)
