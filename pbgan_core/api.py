@@ -83,14 +83,26 @@ def train_options(arch: str, factorizer: str = "piggyback", dataset: str | None 
             f"--arch {arch} --factorizer {factorizer} --dataset {dataset}")
 
 
-def train_request(arch: str, task: str, data: str | Path | None = None, *, model_dir: str | Path | None = None,
-                  direction: str | None = None, size: int = 256, steps: int | None = None,
+def model_arch(arch: str | None, model_dir: str | Path | None) -> str:
+    """The architecture asked for, else the model's: later tasks inherit it from the first."""
+    if arch is not None:
+        return arch
+    store = ModelStore(model_dir or default_model_dir())
+    if not store.tasks:
+        raise UsageError(f"--arch is required for the first task of a model ({store.root} has no task yet)")
+    return store.tasks[0]["arch"]
+
+
+def train_request(arch: str | None, task: str, data: str | Path | None = None, *,
+                  model_dir: str | Path | None = None, direction: str | None = None, size: int | None = None, steps: int | None = None,
                   epochs: int | None = None, epochs_decay: int | None = None, batch_size: int = 1,
                   factorizer: str = "piggyback", dataset: str | None = None, derive: str | None = None,
                   device: str = "auto", seed: int = 0, resume: bool = False, checkpoint_every: int = 200,
                   precision: str = "fp32", plugins: Plugins | None = None, **options: Any) -> TrainRequest:
-    """Check a training request as `pbgan train` does; `options` are the plugins' options."""
+    """Check a training request as `pbgan train` does; `options` are the plugins' options. Options
+    not given (None, or absent) that shape the generator come from the model's first task."""
     plugins = plugins or get_plugins()
+    arch = model_arch(arch, model_dir)
     table, owner = train_options(arch, factorizer, dataset, derive, plugins)
     extra = check_options(options, table, owner)
     if derive:
@@ -124,7 +136,7 @@ def _as_flags(extra: Mapping[str, Any]) -> list[str]:
     return flags
 
 
-def train(arch: str, task: str, data: str | Path | None = None, *, progress: ProgressFn | None = None,
+def train(arch: str | None, task: str, data: str | Path | None = None, *, progress: ProgressFn | None = None,
           nproc: int = 1, **kwargs: Any) -> Task | None:
     """Train a new task of the model in `model_dir` (the first task seeds the filter bank) and
     return it. Takes the options of `pbgan train` as keywords; `progress(step, total, losses)`

@@ -73,13 +73,15 @@ def build_app() -> typer.Typer:
                  epilog=_train_epilog())
     def train(
         ctx: typer.Context,
-        arch: str = typer.Option(..., "--arch", help="Architecture, e.g. pix2pix (see list-plugins)"),
+        arch: Optional[str] = typer.Option(None, "--arch", help="Architecture, e.g. pix2pix (see list-plugins) "
+                                           "[default: the model's; required for its first task]"),
         task: str = typer.Option(..., "--task", help="Name of the new task, unique in the model"),
         data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder [default: the data home's "
                                             "folder of the task's name, for known datasets]"),
         direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA [default: the known "
                                                 "dataset's usual direction, else AtoB]"),
-        size: int = typer.Option(256, "--size", help="Training image size in pixels"),
+        size: Optional[int] = typer.Option(None, "--size", help="Training image size in pixels [default: the "
+                                           "model's first task's, else 256]"),
         steps: Optional[int] = typer.Option(None, "--steps", help="Stop after exactly this many optimizer steps "
                                             "(batches), whatever --epochs and --epochs-decay add up to; the learning "
                                             "rate still follows their per-epoch schedule [default: (epochs + "
@@ -112,6 +114,7 @@ def build_app() -> typer.Typer:
     ) -> None:
         """Train a new task of the lifelong model: the first task seeds the filter bank, later
         tasks piggyback on it."""
+        arch = api.model_arch(arch, model_dir)
         table, owner = api.train_options(arch, factorizer, dataset, derive)
         extra = parse_extra_args(ctx.args, table, owner)
         progress, update = training_progress(f"{task}")

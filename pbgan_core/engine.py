@@ -45,7 +45,7 @@ class TrainRequest:
     data: Path
     model_dir: Path
     direction: str = "AtoB"
-    size: int = 256
+    size: int | None = None  # None: the model's first task's, else DEFAULT_SIZE
     steps: int | None = None
     epochs: int | None = None  # None: the architecture's (reference: 100)
     epochs_decay: int | None = None  # None: the architecture's (reference: 100)
@@ -61,6 +61,7 @@ class TrainRequest:
 
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+DEFAULT_SIZE = 256
 
 
 def pick_device(name: str) -> torch.device:
@@ -84,11 +85,12 @@ def task_options(req: TrainRequest, plugins: Plugins) -> dict[str, Any]:
     dataset = req.dataset or arch.default_dataset
     opts = defaults(option_table(plugins, arch, req.factorizer, dataset))
     opts.update(req.extra)
+    size = req.size if req.size is not None else DEFAULT_SIZE
     if req.direction not in DIRECTIONS:
         raise PbganError(f"--direction must be AtoB or BtoA, got {req.direction!r}")
-    if req.size < 8 or req.batch_size < 1:
+    if size < 8 or req.batch_size < 1:
         raise PbganError("--size must be at least 8 and --batch-size at least 1")
-    opts.update(size=req.size, direction=req.direction, batch_size=req.batch_size, seed=req.seed, dataset=dataset)
+    opts.update(size=size, direction=req.direction, batch_size=req.batch_size, seed=req.seed, dataset=dataset)
     return opts
 
 
@@ -275,6 +277,19 @@ def schedule(req: TrainRequest, arch: Architecture, images: int) -> tuple[int, d
     return total, {"epochs": epochs, "epochs_decay": decay, "steps_per_epoch": steps_per_epoch}
 
 
+def inherit_generator(store: ModelStore, req: TrainRequest, plugins: Plugins) -> TrainRequest:
+    """A later task takes the generator-shaping options it was not given (its size and those
+    `check_same_generator` compares) from the model's first task; given ones stay as they are,
+    and are refused there when they differ."""
+    if not store.tasks or store.tasks[0]["arch"] != req.arch:
+        return req
+    first = stored_options(store.tasks[0])
+    shaping = plugins.architectures.get(req.arch).generator_options(first)
+    inherited = {k: first[k] for k in shaping if k in first and k not in req.extra}
+    return dataclasses.replace(req, size=req.size if req.size is not None else int(first["size"]),
+                               extra={**inherited, **req.extra})
+
+
 def check_same_generator(store: ModelStore, task: str, arch: Architecture, opts: Mapping[str, Any],
                          signature: dict[str, list[int]]) -> None:
     """A later task must build the generator the bank was made for: same architecture, the same
@@ -343,6 +358,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
     store = ModelStore(req.model_dir)
     if store.has_task(req.task):  # an early answer; asked again under the lock
         raise _taken(store, req.task)
+    req = inherit_generator(store, req, plugins)
     arch = plugins.architectures.get(req.arch)
     factorizer = plugins.factorizers.get(req.factorizer)
     opts = task_options(req, plugins)
