@@ -268,16 +268,29 @@ class Model:
     # --- metrics and report -------------------------------------------------------
     def evaluate(self, task: str | None = None, metrics: Sequence[str] = ("l1", "psnr", "ssim"),
                  images: int | None = None, fid_weights: str | Path | None = None,
-                 lpips_weights: str | Path | None = None, protocol: str = DEFAULT_PROTOCOL) -> dict[str, dict[str, float]]:
+                 lpips_weights: str | Path | None = None, protocol: str = DEFAULT_PROTOCOL,
+                 data: Mapping[str, str | Path] | None = None) -> dict[str, dict[str, float]]:
         """Score every task (or one) on its test split now: {task: {metric: value}}. `images`
         test images per task (0: all; default: the task's --eval-images); fid/kid and lpips read
-        their weights from `fid_weights` / `lpips_weights` when given."""
+        their weights from `fid_weights` / `lpips_weights` when given; `data` ({task: folder})
+        says where tasks' data is now, if it moved."""
         check_protocol(protocol)
         names = self.check_metrics(metrics)
+        moved = self.check_data(data)
         with metric_weights(fid_weights, lpips_weights):
             chosen = [self.store.task(task)["name"]] if task else [t["name"] for t in self.store.tasks]
-            return {name: evaluate_task(self.store, self.plugins, name, names, images, protocol=protocol)
+            return {name: evaluate_task(self.store, self.plugins, name, names, images, protocol=protocol, data=moved)
                     for name in chosen}
+
+    def check_data(self, data: Mapping[str, str | Path] | None) -> dict[str, Path]:
+        """New data folders by task name, each naming a stored task and an existing folder."""
+        moved = {}
+        for name, path in (data or {}).items():
+            name = self.store.task(name)["name"]
+            if not Path(path).exists():
+                raise PbganError(f"the data folder {path} given for task {name!r} does not exist")
+            moved[name] = Path(path)
+        return moved
 
     def check_metrics(self, metrics: Sequence[str]) -> list[str]:
         """The metric names, each known to a plugin (one-line error otherwise)."""
@@ -303,15 +316,19 @@ class Model:
                 "forgetting": dict(zip(tasks, forgetting(matrix, higher)))}
 
     def report(self, out: str | Path | None = None, metric: str = "ssim", samples: int = 4,
-               protocol: str = DEFAULT_PROTOCOL, baseline: str | Path | None = None) -> Path:
+               protocol: str = DEFAULT_PROTOCOL, baseline: str | Path | None = None,
+               data: Mapping[str, str | Path] | None = None) -> Path:
         """Write the HTML report (default: MODEL_DIR/report/index.html); its path. `baseline`,
-        another model directory with the same task names, adds ratios to its tasks."""
+        another model directory with the same task names, adds ratios to its tasks; `data`
+        ({task: folder}) says where tasks' data is now, if it moved."""
+        moved = self.check_data(data)
         base = Model.open(baseline).store if baseline is not None else None
         out = Path(out) if out else self.root / "report"
         # a report inside the model directory is written under its lock, like every other write there
         inside = out.resolve().is_relative_to(self.root.resolve())
         with self.store.transaction() if inside else contextlib.nullcontext():
-            return build_report(self.store, self.plugins, out, metric, samples, check_protocol(protocol), base)
+            return build_report(self.store, self.plugins, out, metric, samples, check_protocol(protocol), base,
+                                data=moved)
 
 
 def _own_tensors(gen: nn.Module) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .interfaces import Architecture
 from .options import Option, defaults
 from .plugins import Plugins
 from .manifest import DIRECTIONS
+from .modelcard import write_model_card
 from .protocol import DEFAULT_PROTOCOL, check_protocol, image_seed, translate
 from .store import ModelStore, check_task_name, stored_options
 
@@ -461,7 +463,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         json_opts = _json_options(opts)
         entry = {
             "name": req.task, "arch": req.arch, "factorizer": req.factorizer, "dataset": opts["dataset"],
-            "data": str(req.data), "direction": req.direction, "options": json_opts, "signature": signature,
+            **data_paths(Path(req.data), store.root), "direction": req.direction, "options": json_opts, "signature": signature,
             "params": {"stored": stored, "standalone": standalone, "bank_before": bank.size(),
                        "bank_added": sum(t.numel() for t in new_filters.values())},
             "train": {"steps": total, "seconds": round(seconds, 3), "final_losses": losses,
@@ -507,6 +509,7 @@ def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_
         store.add_task(entry, task_tensors, new_filters, bank_fingerprint, finish=add_probe)
         remove_checkpoint(store.root, name)
         evaluate_all(store, plugins, after=name)
+        write_model_card(store)
     except (PbganError, KeyboardInterrupt) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         error = Interrupted if interrupted else PbganError
@@ -520,9 +523,35 @@ def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_
                     f"to compute it{gc}") from None
 
 
-def eval_split(entry: Mapping[str, Any], plugins: Plugins) -> torch.utils.data.Dataset:
-    dataset = plugins.datasets.get(entry["dataset"])
-    return dataset.build(Path(entry["data"]), "test", entry["options"], train=False)
+def data_paths(data: Path, root: Path) -> dict[str, str]:
+    """How a task entry records its data: absolute, and relative to the model directory, so the
+    model can be moved or copied together with its data, and opened from any folder."""
+    where = data.resolve()
+    return {"data": str(where), "data_from_model": os.path.relpath(where, root.resolve())}
+
+
+def task_data(entry: Mapping[str, Any], root: Path | None = None, moved: Mapping[str, Any] | None = None) -> Path:
+    """Where a stored task's data is now: the path given for it in `moved`, else its path relative
+    to the model directory `root` where that exists, else the recorded one (absolute; older models
+    recorded it as typed)."""
+    if moved and entry["name"] in moved:
+        return Path(moved[entry["name"]])
+    if root is not None and entry.get("data_from_model") and (Path(root) / entry["data_from_model"]).exists():
+        return Path(root) / entry["data_from_model"]
+    return Path(entry["data"])
+
+
+def eval_split(entry: Mapping[str, Any], plugins: Plugins, root: Path | None = None,
+               moved: Mapping[str, Any] | None = None) -> torch.utils.data.Dataset:
+    """A stored task's test split, found as `task_data` says."""
+    where, name = task_data(entry, root, moved), entry["name"]
+    try:
+        return plugins.datasets.get(entry["dataset"]).build(where, "test", entry["options"], train=False)
+    except PbganError as exc:
+        if where.exists():
+            raise
+        raise PbganError(f"{exc}; if the data of task {name!r} moved, give its new place with --data {name}=PATH "
+                         f"(in Python: data={{{name!r}: PATH}})") from None
 
 
 def image_seeds(task: str, gname: str, paths: list[str]) -> list[int]:
@@ -532,16 +561,17 @@ def image_seeds(task: str, gname: str, paths: list[str]) -> list[int]:
 
 @torch.no_grad()
 def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=("l1", "psnr", "ssim"),
-                  limit: int | None = None, *, as_of: str | None = None,
-                  protocol: str = DEFAULT_PROTOCOL) -> dict[str, float]:
-    """Mean metrics of a stored task on its test split, its generator run under `protocol`."""
+                  limit: int | None = None, *, as_of: str | None = None, protocol: str = DEFAULT_PROTOCOL,
+                  data: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Mean metrics of a stored task on its test split (found as `task_data` says, `data` giving
+    tasks' new data folders), its generator run under `protocol`."""
     check_protocol(protocol)
     entry, generators = load_generators(store, plugins, name, as_of=as_of)
     arch = plugins.architectures.get(entry["arch"])
     forward = arch.generator_for(entry["direction"])
     gen = generators[forward]
     source, target = ("A", "B") if entry["direction"] == "AtoB" else ("B", "A")
-    data = eval_split(entry, plugins)
+    data = eval_split(entry, plugins, store.root, data)
     limit = limit if limit is not None else entry["options"].get("eval_images", 0)
     count = len(data) if not limit else min(limit, len(data))
     metrics = [plugins.metrics.get(m) for m in metric_names]
@@ -583,4 +613,5 @@ def record_missing_stages(store: ModelStore, plugins: Plugins) -> list[str]:
         missing = store.missing_stages()
         for after in missing:
             evaluate_all(store, plugins, after)
+        write_model_card(store)
     return missing

@@ -47,7 +47,8 @@ DEFAULT_MODEL_DIR = "pbgan-model"
 CHECKPOINTS = "checkpoints"
 # task and bank files (NNNN-NAME.safetensors) and the temporary files of their atomic writes
 STORED_FILE = re.compile(r"^\.?\d{4}-[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors(\.[A-Za-z0-9_]+\.tmp)?$")
-MANIFEST_TEMPORARY = re.compile(r"^\.manifest\.json\.[A-Za-z0-9_]+\.tmp$")
+# temporary files of the manifest's and the generated README's atomic writes
+MANIFEST_TEMPORARY = re.compile(r"^\.(manifest\.json|README\.md)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def stored_options(entry: dict[str, Any]) -> dict[str, Any]:
@@ -275,6 +276,11 @@ class ModelStore:
                              f"(fingerprint {str(needed)[:12]}, this model has {bank.fingerprint()[:12]}): "
                              "it belongs to a different model directory")
         return entry, tensors, new_filters, bank
+
+    def write_file(self, rel: str, data: bytes) -> None:
+        """Rewrite a file that is not part of any task (the generated README.md)."""
+        self._check_locked()
+        atomic_write_bytes(self.root / rel, data)
 
     def update_entry(self, name: str, **fields: Any) -> None:
         self._check_locked()
