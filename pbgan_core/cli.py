@@ -132,6 +132,23 @@ def build_app() -> typer.Typer:
                       f"{model_dir or default_model_dir()}: {p['stored']:,} stored parameters, "
                       f"{p['stored'] / p['standalone']:.3f} of a standalone generator; metrics {trained.metrics}")
 
+    @app.command("run")
+    def run_cmd(experiment: Path = typer.Argument(..., help="The experiment file (TOML)")) -> None:
+        """Run a whole lifelong experiment from one file: its tasks in order, for each method and
+        seed it lists, then a comparison table (also written as CSV and JSON beside the models)
+        and each model's report. Running the file again continues it where it stopped.
+
+        Example: pbgan run examples/three_tasks.toml
+        """
+        from .experiment import comparison_table, load_experiment, run_experiment
+
+        exp = load_experiment(experiment)
+        results = run_experiment(exp, progress=training_progress)
+        console.print(comparison_table(results))
+        stem = exp.results_stem
+        console.print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.json')}; reports: "
+                      + ", ".join(r["report"] for r in results["runs"]), markup=False)
+
     @app.command()
     def generate(
         input: Path = typer.Argument(..., help="An image, or a folder of images"),

@@ -19,7 +19,7 @@ def model_card(store) -> str:
     first = tasks[0]
     shared = ", ".join(f"{k} {first['options'][k]}" for k in SHARED if k in first["options"])
     rows = [f"| {e['index']} | {e['name']} | {e['factorizer']} | {e['direction']} | "
-            f"{e.get('data_from_model') or e['data']} | {e['train']['steps']} | "
+            f"{e['data']} | {e['train']['steps']} | "
             f"{e['params']['stored'] / e['params']['standalone']:.3f} | {_metrics(e)} |" for e in tasks]
     name = first["name"]
     return "\n".join([
@@ -29,7 +29,7 @@ def model_card(store) -> str:
         f"with pbgan {__version__}; each stored task's outputs stay bit-identical. Written by pbgan after each "
         "stored task: edit nothing here, `manifest.json` has every option.",
         "",
-        "| # | task | factorizer | direction | data (from this folder) | steps | x standalone | metrics |",
+        "| # | task | factorizer | direction | data | steps | x standalone | metrics |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",

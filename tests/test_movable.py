@@ -90,7 +90,7 @@ def test_older_manifest_with_data_as_typed_still_works(project, monkeypatch):
 
 def test_model_directory_has_a_generated_readme_that_is_no_leftover(project, cli):
     readme = (project / "m" / "README.md").read_text()
-    assert "| 1 | facades | piggyback | BtoA | ../data/facades | 2 |" in readme
+    assert f"| 1 | facades | piggyback | BtoA | {project / 'data' / 'facades'} | 2 |" in readme
     assert 'pbgan.Model.open("MODEL_DIR")' in readme and "pbgan generate --model-dir MODEL_DIR --task facades" in readme
     store = ModelStore(project / "m")
     assert store.leftovers() == []
