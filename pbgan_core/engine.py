@@ -509,7 +509,6 @@ def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_
         store.add_task(entry, task_tensors, new_filters, bank_fingerprint, finish=add_probe)
         remove_checkpoint(store.root, name)
         evaluate_all(store, plugins, after=name)
-        write_model_card(store)
     except (PbganError, KeyboardInterrupt) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         error = Interrupted if interrupted else PbganError
@@ -521,6 +520,17 @@ def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_
         raise error(f"task {name!r} is stored in {store.root}, but its metrics row was not recorded "
                     f"({'interrupted' if interrupted else exc}): run `pbgan eval --model-dir {store.root}` "
                     f"to compute it{gc}") from None
+    rewrite_model_card(store, name)
+
+
+def rewrite_model_card(store: ModelStore, name: str) -> None:
+    """The model directory's README.md, after the task `name` was stored with its metrics."""
+    try:
+        write_model_card(store)
+    except (PbganError, KeyboardInterrupt) as exc:
+        error = Interrupted if isinstance(exc, KeyboardInterrupt) else PbganError
+        raise error(f"task {name!r} is stored in {store.root} with its metrics; only the model's README.md was "
+                    f"not rewritten ({exc or 'interrupted'}): the next stored task rewrites it") from None
 
 
 def data_paths(data: Path, root: Path) -> dict[str, str]:
@@ -613,5 +623,5 @@ def record_missing_stages(store: ModelStore, plugins: Plugins) -> list[str]:
         missing = store.missing_stages()
         for after in missing:
             evaluate_all(store, plugins, after)
-        write_model_card(store)
+        rewrite_model_card(store, missing[-1])
     return missing
