@@ -59,7 +59,7 @@ TOP_KEYS = ("model_dir", "methods", "seeds", "defaults", "task")
 CORE_KEYS = ("arch", "data", "direction", "size", "steps", "epochs", "epochs_decay", "batch_size", "factorizer",
              "dataset", "derive", "device", "seed", "checkpoint_every", "precision")
 # options that say how to train, not what the task is: they may change between runs of the file
-HOW = (*RESUME_MAY_CHANGE, "device", "checkpoint_every", "precision", "data")
+HOW = (*RESUME_MAY_CHANGE, "device", "checkpoint_every", "precision")
 
 
 @dataclass
@@ -114,7 +114,8 @@ def load_experiment(path: str | Path) -> Experiment:
     tasks = doc.get("task")
     if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
         raise PbganError(f"{path} has no [[task]] tables; add one per task, each with a name")
-    defaults = {_key(k): v for k, v in _table(doc.get("defaults", {}), "[defaults]", path).items()}
+    raw_defaults = _table(doc.get("defaults", {}), "[defaults]", path)
+    defaults = {_key(k): v for k, v in raw_defaults.items()}
     methods, seeds = doc.get("methods"), doc.get("seeds")
     if methods is not None:
         if not isinstance(methods, list) or not methods or any(m not in METHODS for m in methods):
@@ -132,10 +133,12 @@ def load_experiment(path: str | Path) -> Experiment:
         name = task.get("name")
         if not isinstance(name, str):
             raise PbganError(f"[[task]] number {i + 1} in {path} has no name = \"...\"")
+        if any(t["name"] == name for t in merged):
+            raise PbganError(f"two [[task]] tables in {path} are named {name!r}; give each task its own name")
         options = {_key(k): v for k, v in _table(task, f"[[task]] {name!r}", path).items() if k != "name"}
         merged.append({"name": name, **_resolve_data({**defaults, **options}, path.parent)})
     experiment = Experiment(path, Path(os.path.normpath(path.parent / doc["model_dir"])), methods, seeds, merged)
-    _check_keys(experiment, defaults, tasks)
+    _check_keys(experiment, raw_defaults, tasks)
     for method, seed, model_dir in experiment.runs:  # option values and names, as `pbgan train` checks them
         for task in experiment.tasks:
             train_kwargs(experiment, task, method, seed, model_dir, first=task is experiment.tasks[0])
@@ -178,7 +181,7 @@ def _check_keys(experiment: Experiment, defaults: Mapping[str, Any], tasks: list
             if key != "name" and _key(key) not in CORE_KEYS and _key(key).lower() not in known:
                 raise _unknown(key, f"[[task]] {task['name']!r}", experiment.path)
     for key in defaults:
-        if key not in CORE_KEYS and key.lower() not in every:
+        if _key(key) not in CORE_KEYS and _key(key).lower() not in every:
             raise _unknown(key, "[defaults]", experiment.path)
 
 

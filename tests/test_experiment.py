@@ -138,6 +138,8 @@ def test_changed_option_of_a_stored_task_is_named(finished, cli):
     (HEAD + DEFAULTS + "factorizer = \"mask\"\n" + TASKS, "factorizer is set by methods"),
     (HEAD + DEFAULTS.replace("ngf = 8", "ngf = \"eight\"") + TASKS, "--ngf expects int"),
     (HEAD + DEFAULTS + "[[task]\n", "is not valid TOML"),
+    (HEAD + DEFAULTS.replace("ndf = 8", "lambda-l11 = 8") + TASKS, "unknown key 'lambda-l11' in [defaults]"),
+    (HEAD + DEFAULTS + TASKS + '[[task]]\nname = "shoes"\n', "two [[task]] tables in"),
 ])
 def test_bad_experiment_file_is_one_line_before_training(tmp_path, cli, text, message):
     (tmp_path / "e.toml").write_text(text)
