@@ -94,8 +94,9 @@ def model_arch(arch: str | None, model_dir: str | Path | None) -> str:
 
 
 def train_request(arch: str | None, task: str, data: str | Path | None = None, *,
-                  model_dir: str | Path | None = None, direction: str | None = None, size: int | None = None, steps: int | None = None,
-                  epochs: int | None = None, epochs_decay: int | None = None, batch_size: int = 1,
+                  model_dir: str | Path | None = None, direction: str | None = None, size: int | None = None,
+                  steps: int | None = None, epochs: int | None = None, epochs_decay: int | None = None,
+                  batch_size: int = 1,
                   factorizer: str = "piggyback", dataset: str | None = None, derive: str | None = None,
                   device: str = "auto", seed: int = 0, resume: bool = False, checkpoint_every: int = 200,
                   precision: str = "fp32", plugins: Plugins | None = None, **options: Any) -> TrainRequest:

@@ -182,7 +182,8 @@ def train_arguments(req: Any, extra_args: list[str]) -> list[str]:
             "--direction", req.direction,
             "--batch-size", str(req.batch_size), "--factorizer", req.factorizer, "--device", req.device,
             "--seed", str(req.seed), "--checkpoint-every", str(req.checkpoint_every), "--precision", req.precision]
-    for flag, value in (("--size", req.size), ("--steps", req.steps), ("--epochs", req.epochs), ("--epochs-decay", req.epochs_decay),
+    for flag, value in (("--size", req.size), ("--steps", req.steps), ("--epochs", req.epochs),
+                        ("--epochs-decay", req.epochs_decay),
                         ("--dataset", req.dataset),
                         ("--derive", req.extra.get("derive"))):
         if value is not None:

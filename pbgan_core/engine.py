@@ -463,7 +463,8 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         json_opts = _json_options(opts)
         entry = {
             "name": req.task, "arch": req.arch, "factorizer": req.factorizer, "dataset": opts["dataset"],
-            **data_paths(Path(req.data), store.root), "direction": req.direction, "options": json_opts, "signature": signature,
+            **data_paths(Path(req.data), store.root), "direction": req.direction, "options": json_opts,
+            "signature": signature,
             "params": {"stored": stored, "standalone": standalone, "bank_before": bank.size(),
                        "bank_added": sum(t.numel() for t in new_filters.values())},
             "train": {"steps": total, "seconds": round(seconds, 3), "final_losses": losses,
