@@ -302,9 +302,10 @@ class Model:
             self.plugins.metrics.get(name)
         return names
 
-    def record_missing_stages(self) -> list[str]:
-        """Compute and store the metrics rows an interrupted training left out; the tasks they follow."""
-        return record_missing_stages(self.store, self.plugins)
+    def record_missing_stages(self, data: Mapping[str, str | Path] | None = None) -> list[str]:
+        """Compute and store the metrics rows an interrupted training left out; the tasks they follow.
+        `data` as for `evaluate`."""
+        return record_missing_stages(self.store, self.plugins, self.check_data(data))
 
     def history(self, metric: str = "ssim") -> dict[str, Any]:
         """The task-by-stage matrix recorded while training (values[i][j]: `metric` of task j

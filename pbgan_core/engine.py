@@ -604,25 +604,26 @@ def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=(
     return {m.name: round(float(found[m.name]), 6) for m in metrics}
 
 
-def evaluate_all(store: ModelStore, plugins: Plugins, after: str,
-                 protocol: str = DEFAULT_PROTOCOL) -> dict[str, dict[str, float]]:
+def evaluate_all(store: ModelStore, plugins: Plugins, after: str, protocol: str = DEFAULT_PROTOCOL,
+                 data: Mapping[str, Any] | None = None) -> dict[str, dict[str, float]]:
     """Metrics of every task up to `after` as they stood after training it, recorded as that
     row of the task-by-stage matrix with the test-time protocol they were measured under.
     Inside a transaction."""
     upto = store.task(after)["index"]
-    row = {e["name"]: evaluate_task(store, plugins, e["name"], as_of=after, protocol=protocol)
+    row = {e["name"]: evaluate_task(store, plugins, e["name"], as_of=after, protocol=protocol, data=data)
            for e in store.tasks[:upto]}
     store.record_stage(after, row, protocol)
     return row
 
 
-def record_missing_stages(store: ModelStore, plugins: Plugins) -> list[str]:
-    """Compute and store the metrics rows an interrupted training did not record (`pbgan eval`)."""
+def record_missing_stages(store: ModelStore, plugins: Plugins, data: Mapping[str, Any] | None = None) -> list[str]:
+    """Compute and store the metrics rows an interrupted training did not record (`pbgan eval`);
+    `data` as for `evaluate_task`."""
     if not store.missing_stages():
         return []
     with store.transaction():  # asked again under the lock: another command may have recorded them
         missing = store.missing_stages()
         for after in missing:
-            evaluate_all(store, plugins, after)
+            evaluate_all(store, plugins, after, data=data)
         rewrite_model_card(store, missing[-1])
     return missing

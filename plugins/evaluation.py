@@ -81,7 +81,7 @@ def register_commands(cli):
         model.plugins.metrics.get(matrix_metric)
         recorded = []
         try:
-            recorded = model.record_missing_stages()
+            recorded = model.record_missing_stages(moved)
         except ModelInUse as exc:
             warnings.warn(f"the missing metrics rows were not recorded ({exc})", stacklevel=1)
         if recorded and not json_out:

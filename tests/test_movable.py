@@ -98,3 +98,14 @@ def test_model_directory_has_a_generated_readme_that_is_no_leftover(project, cli
     assert [p.name for p in store.leftovers()] == [".README.md.abc123.tmp"]
     cli("gc", "--model-dir", project / "m")
     assert (project / "m" / "README.md").exists() and not (project / "m" / ".README.md.abc123.tmp").exists()
+
+
+def test_missing_metrics_row_is_recorded_from_the_data_given(project, tmp_path, cli):
+    new_place = tmp_path / "facades"
+    shutil.move(project / "data" / "facades", new_place)
+    manifest = project / "m" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["stages"].pop()  # as a final evaluation cut short leaves it
+    manifest.write_text(json.dumps(doc))
+    _, out, _ = cli("eval", "--model-dir", project / "m", "--data", f"facades={new_place}", "--json")
+    assert json.loads(out)["recorded_rows_after"] == ["facades"]
