@@ -625,5 +625,6 @@ def record_missing_stages(store: ModelStore, plugins: Plugins, data: Mapping[str
         missing = store.missing_stages()
         for after in missing:
             evaluate_all(store, plugins, after, data=data)
-        rewrite_model_card(store, missing[-1])
+        if missing:
+            rewrite_model_card(store, missing[-1])
     return missing
