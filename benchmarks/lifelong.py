@@ -6,8 +6,8 @@
 
 `--tasks 3` runs the first three only.
 
-Each method trains the whole sequence in its own model directory through the same engine
-(`--factorizer NAME`). One table: final PSNR/SSIM/L1 per task, forgetting, total stored
+Each method trains the whole sequence in its own model directory, as `pbgan run` trains an
+experiment file (`pbgan_core.experiment`). One table: final PSNR/SSIM/L1 per task, forgetting, total stored
 parameters and their ratio to one standalone generator, and training time relative to the
 standalone method (or to piggyback when standalone is not installed). A second table gives each
 later task's SSIM, PSNR and stored parameters as ratios to `standalone-warm`, the warm full copy
@@ -30,55 +30,49 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from pbgan_core.engine import TrainRequest, evaluate_task, probe_task, train_task
+from pbgan_core import experiment
+from pbgan_core.engine import evaluate_task, probe_task
 from pbgan_core.plugins import get_plugins
 from pbgan_core.protocol import PROTOCOLS, check_protocol
 from pbgan_core.report import forgetting, stage_matrix
 from pbgan_core.store import ModelStore
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-METHODS = ("standalone", "standalone-warm", "finetune", "piggyback", "lowrank", "mask")
-# Methods that are a factorizer run with other options: the warm full copy is a whole generator
-# per task started from the latest task and fine-tuned, the baseline a user would pick instead.
-NAMED = {"standalone-warm": ("standalone", {"init": "warm"})}
-BASELINE = "standalone-warm"
+METHODS = tuple(experiment.METHODS)
+BASELINE = experiment.BASELINE
 
 
 def sequence(data: Path) -> list[dict]:
     return [
-        dict(task="facades", data=data / "facades", direction="BtoA", dataset="aligned", extra={}),
-        dict(task="edges2shoes", data=data / "edges2shoes", direction="BtoA", dataset="aligned", extra={}),
-        dict(task="facades-gray", data=data / "facades", direction="AtoB", dataset="derived",
-             extra={"derive": "grayscale", "half": "A"}),
-        dict(task="shoes-deblur", data=data / "edges2shoes", direction="AtoB", dataset="derived",
-             extra={"derive": "blur", "blur_sigma": 1.0, "half": "A"}),
-        dict(task="facades-edges", data=data / "facades", direction="AtoB", dataset="derived",
-             extra={"derive": "edges", "half": "A"}),
+        dict(name="facades", data=data / "facades", direction="BtoA", dataset="aligned"),
+        dict(name="edges2shoes", data=data / "edges2shoes", direction="BtoA", dataset="aligned"),
+        dict(name="facades-gray", data=data / "facades", direction="AtoB", derive="grayscale", half="A"),
+        dict(name="shoes-deblur", data=data / "edges2shoes", direction="AtoB", derive="blur", blur_sigma=1.0,
+             half="A"),
+        dict(name="facades-edges", data=data / "facades", direction="AtoB", derive="edges", half="A"),
     ]
 
 
-def run_method(method: str, args, root: Path, seed: int) -> dict:
+def benchmark_experiment(args, methods: list[str], root: Path) -> experiment.Experiment:
+    """The sequence as an experiment of `pbgan run`, every task with the benchmark's options."""
+    common = {"arch": "pix2pix", "size": args.size, "steps": None if args.epochs is not None else args.steps,
+              "epochs": args.epochs, "epochs_decay": args.epochs_decay, "device": args.device, "ngf": args.ngf,
+              "ndf": args.ngf, "eval_images": args.eval_images, "max_images": args.max_images,
+              **({} if args.bn_images is None else {"bn_images": args.bn_images})}
+    tasks = [{**common, **spec} for spec in sequence(args.data)[: args.tasks]]
+    return experiment.Experiment(Path(__file__), root, methods, args.seeds, tasks)
+
+
+def run_method(method: str, args, exp: experiment.Experiment, seed: int) -> dict:
     plugins = get_plugins()
-    model_dir = root / (method if len(args.seeds) == 1 else f"{method}-seed{seed}")
+    model_dir = exp.model_dir / (method if len(args.seeds) == 1 else f"{method}-seed{seed}")
     shutil.rmtree(model_dir, ignore_errors=True)
-    factorizer, options = NAMED.get(method, (method, {}))
-    common = {"ngf": args.ngf, "ndf": args.ngf, "eval_images": args.eval_images, "max_images": args.max_images,
-              **({} if args.bn_images is None else {"bn_images": args.bn_images}), **options}
     started = time.perf_counter()
-    for spec in sequence(args.data)[: args.tasks]:
-        torch.manual_seed(seed)
-        request = TrainRequest(arch="pix2pix", task=spec["task"], data=spec["data"], model_dir=model_dir,
-                               direction=spec["direction"], size=args.size,
-                               steps=None if args.epochs is not None else args.steps,
-                               epochs=args.epochs, epochs_decay=args.epochs_decay,
-                               factorizer=factorizer, dataset=spec["dataset"], device=args.device, seed=seed,
-                               extra={**common, **spec["extra"]})
-        entry = train_task(request, plugins)
-        print(f"  {method}: {entry['name']} done, metrics {entry['metrics']}", flush=True)
+    experiment.train_model(exp, method, seed, model_dir)
     wall = time.perf_counter() - started
     store = ModelStore(model_dir)
+    for t in store.tasks:
+        print(f"  {method}: {t['name']} done, metrics {t['metrics']}", flush=True)
     stages = store.manifest["stages"]
     final = stages[-1]["metrics"]
     drops = {}
@@ -208,13 +202,13 @@ def main() -> None:
 
     registered = get_plugins().factorizers
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
-    methods = [m for m in wanted if NAMED.get(m, (m,))[0] in registered]
+    methods = [m for m in wanted if experiment.METHODS.get(m, {}).get("factorizer") in registered]
     skipped = [m for m in wanted if m not in methods]
     if skipped:
         print(f"skipped (not installed): {', '.join(skipped)}")
     if not methods:
         raise SystemExit("no requested method is installed; see `pbgan list-plugins`")
-    root = args.out or Path(tempfile.mkdtemp(prefix="pbgan-bench-"))
+    exp = benchmark_experiment(args, methods, args.out or Path(tempfile.mkdtemp(prefix="pbgan-bench-")))
     # a --json file from an earlier run with the same settings: its results are kept, not rerun
     results = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
     done = {(r["method"], r.get("seed", 0)) for r in results}
@@ -222,7 +216,7 @@ def main() -> None:
         for method in methods:
             if (method, seed) in done:
                 continue
-            results.append(run_method(method, args, root, seed))
+            results.append(run_method(method, args, exp, seed))
             if args.json:  # after every run, so a long benchmark keeps what it finished
                 args.json.write_text(json.dumps(results, indent=2))
     results = [r for r in results if r["seed"] in args.seeds and r["method"] in methods]

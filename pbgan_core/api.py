@@ -90,18 +90,31 @@ def train_options(arch: str, factorizer: str = "piggyback", dataset: str | None 
             f"--arch {arch} --factorizer {factorizer} --dataset {dataset}")
 
 
-def train_request(arch: str, task: str, data: str | Path | None = None, *, model_dir: str | Path | None = None,
-                  direction: str | None = None, size: int = 256, steps: int | None = None,
-                  epochs: int | None = None, epochs_decay: int | None = None, batch_size: int = 1,
+def model_arch(arch: str | None, model_dir: str | Path | None) -> str:
+    """The architecture asked for, else the model's: later tasks inherit it from the first."""
+    if arch is not None:
+        return arch
+    store = ModelStore(model_dir or default_model_dir())
+    if not store.tasks:
+        raise UsageError(f"--arch is required for the first task of a model ({store.root} has no task yet)")
+    return store.tasks[0]["arch"]
+
+
+def train_request(arch: str | None, task: str, data: str | Path | None = None, *,
+                  model_dir: str | Path | None = None, direction: str | None = None, size: int | None = None,
+                  steps: int | None = None, epochs: int | None = None, epochs_decay: int | None = None,
+                  batch_size: int = 1,
                   factorizer: str = "piggyback", dataset: str | None = None, derive: str | None = None,
                   device: str = "auto", seed: int = 0, resume: bool = False, checkpoint_every: int = 200,
                   precision: str = "fp32", loggers: Sequence[str] = (), log_every: int = 10, sample_every: int = 0,
                   plugins: Plugins | None = None, **options: Any) -> TrainRequest:
-    """Check a training request as `pbgan train` does; `options` are the plugins' options."""
+    """Check a training request as `pbgan train` does; `options` are the plugins' options. Options
+    not given (None, or absent) that shape the generator come from the model's first task."""
     plugins = plugins or get_plugins()
     if log_every < 1 or sample_every < 0:
         raise UsageError(f"--log-every must be at least 1 and --sample-every at least 0 (0: ten times a run), "
                          f"got {log_every} and {sample_every}")
+    arch = model_arch(arch, model_dir)
     table, owner = train_options(arch, factorizer, dataset, derive, plugins)
     extra = check_options({**options, **({"derive": derive} if derive else {})}, table, owner)
     if derive:
@@ -143,7 +156,7 @@ def _as_flags(extra: Mapping[str, Any]) -> list[str]:
     return flags
 
 
-def train(arch: str, task: str, data: str | Path | None = None, *, progress: bool | ProgressFn | None = True,
+def train(arch: str | None, task: str, data: str | Path | None = None, *, progress: bool | ProgressFn | None = True,
           listeners: Sequence[Any] = (), nproc: int = 1, **kwargs: Any) -> Task | None:
     """Train a new task of the model in `model_dir` (the first task seeds the filter bank) and
     return it. Takes the options of `pbgan train` as keywords (`loggers=["tensorboard"]`).
@@ -272,17 +285,30 @@ class Model:
     # --- metrics and report -------------------------------------------------------
     def evaluate(self, task: str | None = None, metrics: Sequence[str] = ("l1", "psnr", "ssim"),
                  images: int | None = None, fid_weights: str | Path | None = None,
-                 lpips_weights: str | Path | None = None, protocol: str = DEFAULT_PROTOCOL) -> dict[str, dict[str, float]]:
+                 lpips_weights: str | Path | None = None, protocol: str = DEFAULT_PROTOCOL,
+                 data: Mapping[str, str | Path] | None = None) -> dict[str, dict[str, float]]:
         """Score every task (or one) on its test split now: {task: {metric: value}}. `images`
         test images per task (0: all; default: the task's --eval-images); fid/kid and lpips read
-        their weights from `fid_weights` / `lpips_weights` when given."""
+        their weights from `fid_weights` / `lpips_weights` when given; `data` ({task: folder})
+        says where tasks' data is now, if it moved."""
         check_protocol(protocol)
         images = EVAL_IMAGES.check(images, "images")
         names = self.check_metrics(metrics)
+        moved = self.check_data(data)
         with metric_weights(fid_weights, lpips_weights):
             chosen = [self.store.task(task)["name"]] if task else [t["name"] for t in self.store.tasks]
-            return {name: evaluate_task(self.store, self.plugins, name, names, images, protocol=protocol)
+            return {name: evaluate_task(self.store, self.plugins, name, names, images, protocol=protocol, data=moved)
                     for name in chosen}
+
+    def check_data(self, data: Mapping[str, str | Path] | None) -> dict[str, Path]:
+        """New data folders by task name, each naming a stored task and an existing folder."""
+        moved = {}
+        for name, path in (data or {}).items():
+            name = self.store.task(name)["name"]
+            if not Path(path).exists():
+                raise PbganError(f"the data folder {path} given for task {name!r} does not exist")
+            moved[name] = Path(path)
+        return moved
 
     def check_metrics(self, metrics: Sequence[str]) -> list[str]:
         """The metric names, each known to a plugin (one-line error otherwise)."""
@@ -293,9 +319,10 @@ class Model:
             self.plugins.metrics.get(name)
         return names
 
-    def record_missing_stages(self) -> list[str]:
-        """Compute and store the metrics rows an interrupted training left out; the tasks they follow."""
-        return record_missing_stages(self.store, self.plugins)
+    def record_missing_stages(self, data: Mapping[str, str | Path] | None = None) -> list[str]:
+        """Compute and store the metrics rows an interrupted training left out; the tasks they follow.
+        `data` as for `evaluate`."""
+        return record_missing_stages(self.store, self.plugins, self.check_data(data))
 
     def history(self, metric: str = "ssim") -> dict[str, Any]:
         """The task-by-stage matrix recorded while training (values[i][j]: `metric` of task j
@@ -308,18 +335,22 @@ class Model:
                 "forgetting": dict(zip(tasks, forgetting(matrix, higher)))}
 
     def report(self, out: str | Path | None = None, metric: str = "ssim", samples: int = 4,
-               protocol: str = DEFAULT_PROTOCOL, baseline: str | Path | None = None, force: bool = False) -> Path:
+               protocol: str = DEFAULT_PROTOCOL, baseline: str | Path | None = None, force: bool = False,
+               data: Mapping[str, str | Path] | None = None) -> Path:
         """Write the HTML report (default: MODEL_DIR/report/index.html); its path. `baseline`,
-        another model directory with the same task names, adds ratios to its tasks. Elsewhere an
-        earlier report is replaced only with `force`."""
+        another model directory with the same task names, adds ratios to its tasks; `data`
+        ({task: folder}) says where tasks' data is now, if it moved. Elsewhere an earlier report is
+        replaced only with `force`."""
         samples = SAMPLES.check(samples, "samples")
+        moved = self.check_data(data)
         out = Path(out) if out else self.root / "report"
         check_report_folder(out, self.root, force)
         base = Model.open(baseline).store if baseline is not None else None
         # a report inside the model directory is written under its lock, like every other write there
         inside = out.resolve().is_relative_to(self.root.resolve())
         with self.store.transaction() if inside else contextlib.nullcontext():
-            return build_report(self.store, self.plugins, out, metric, samples, check_protocol(protocol), base)
+            return build_report(self.store, self.plugins, out, metric, samples, check_protocol(protocol), base,
+                                data=moved)
 
 
 def gen_device(gen: nn.Module) -> torch.device:

@@ -18,7 +18,7 @@ SEED_MAX = 2**32 - 1
 
 REQUEST_FIELDS = (
     Option("task", ""),
-    Option("size", 256, min=8),
+    Option("size", None, type=int, min=8),  # None: the model's first task's, else 256
     Option("steps", None, type=int, min=1),
     Option("epochs", None, type=int, min=0),
     Option("epochs-decay", None, type=int, min=0),

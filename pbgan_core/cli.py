@@ -74,13 +74,15 @@ def build_app() -> typer.Typer:
                  epilog=_train_epilog())
     def train(
         ctx: typer.Context,
-        arch: str = typer.Option(..., "--arch", help="Architecture, e.g. pix2pix (see list-plugins)"),
+        arch: Optional[str] = typer.Option(None, "--arch", help="Architecture, e.g. pix2pix (see list-plugins) "
+                                           "[default: the model's; required for its first task]"),
         task: str = typer.Option(..., "--task", help="Name of the new task, unique in the model"),
         data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder [default: the data home's "
                                             "folder of the task's name, for known datasets]"),
         direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA [default: the known "
                                                 "dataset's usual direction, else AtoB]"),
-        size: int = typer.Option(256, "--size", help="Training image size in pixels"),
+        size: Optional[int] = typer.Option(None, "--size", help="Training image size in pixels [default: the "
+                                           "model's first task's, else 256]"),
         steps: Optional[int] = typer.Option(None, "--steps", help="Stop after exactly this many optimizer steps "
                                             "(batches), whatever --epochs and --epochs-decay add up to; the learning "
                                             "rate still follows their per-epoch schedule [default: (epochs + "
@@ -120,6 +122,7 @@ def build_app() -> typer.Typer:
     ) -> None:
         """Train a new task of the lifelong model: the first task seeds the filter bank, later
         tasks piggyback on it."""
+        arch = api.model_arch(arch, model_dir)
         table, owner = api.train_options(arch, factorizer, dataset, derive)
         extra = parse_extra_args(ctx.args, table, owner)
         trained = api.train(arch, task, data, model_dir=model_dir, direction=direction, size=size, steps=steps,
@@ -133,6 +136,24 @@ def build_app() -> typer.Typer:
         console.print(Text.assemble(("trained", "green"), f" task {trained.name!r} (#{trained.index}) in "
                       f"{model_dir or default_model_dir()}: {p['stored']:,} stored parameters, "
                       f"{p['stored'] / p['standalone']:.3f} of a standalone generator; metrics {trained.metrics}"))
+
+    @app.command("run")
+    def run_cmd(experiment: Path = typer.Argument(..., help="The experiment file (TOML)")) -> None:
+        """Run a whole lifelong experiment from one file: its tasks in order, for each method and
+        seed it lists, then a comparison table (also written as CSV and JSON beside the models)
+        and each model's report. Running the file again continues it where it stopped.
+
+        Example: pbgan run examples/three_tasks.toml
+        """
+        from .console import training_progress
+        from .experiment import comparison_table, load_experiment, run_experiment
+
+        exp = load_experiment(experiment)
+        results = run_experiment(exp, progress=training_progress)
+        console.print(comparison_table(results))
+        stem = exp.results_stem
+        console.print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.json')}; reports: "
+                      + ", ".join(r["report"] for r in results["runs"]), markup=False)
 
     @app.command()
     def generate(

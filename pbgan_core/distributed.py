@@ -224,10 +224,11 @@ def _signal_group(group: subprocess.Popen, signum: int) -> None:
 def train_arguments(req: Any, extra_args: list[str]) -> list[str]:
     """The `pbgan train` arguments that repeat this request (a TrainRequest) in each process."""
     args = ["--arch", req.arch, "--task", req.task, "--data", str(req.data), "--model-dir", str(req.model_dir),
-            "--direction", req.direction, "--size", str(req.size),
+            "--direction", req.direction,
             "--batch-size", str(req.batch_size), "--factorizer", req.factorizer, "--device", req.device,
             "--seed", str(req.seed), "--checkpoint-every", str(req.checkpoint_every), "--precision", req.precision]
-    for flag, value in (("--steps", req.steps), ("--epochs", req.epochs), ("--epochs-decay", req.epochs_decay),
+    for flag, value in (("--size", req.size), ("--steps", req.steps), ("--epochs", req.epochs),
+                        ("--epochs-decay", req.epochs_decay),
                         ("--dataset", req.dataset),
                         ("--derive", req.extra.get("derive"))):
         if value is not None:

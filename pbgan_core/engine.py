@@ -8,6 +8,7 @@ import functools
 import hashlib
 import itertools
 import math
+import os
 import shlex
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .interfaces import Architecture
 from .options import Option, defaults
 from .plugins import Plugins
 from .manifest import DIRECTIONS, check_entry_plugins, entry_sha256
+from .modelcard import write_model_card
 from .protocol import DEFAULT_PROTOCOL, check_protocol, image_seed, translate
 from .samples import sample_maker
 from .store import ModelStore, check_task_name, stored_options
@@ -50,7 +52,7 @@ class TrainRequest:
     data: Path
     model_dir: Path
     direction: str = "AtoB"
-    size: int = 256
+    size: int | None = None  # None: the model's first task's, else DEFAULT_SIZE
     steps: int | None = None
     epochs: int | None = None  # None: the architecture's (reference: 100)
     epochs_decay: int | None = None  # None: the architecture's (reference: 100)
@@ -69,6 +71,7 @@ class TrainRequest:
 
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+DEFAULT_SIZE = 256
 
 
 def pick_device(name: str) -> torch.device:
@@ -92,11 +95,12 @@ def task_options(req: TrainRequest, plugins: Plugins) -> dict[str, Any]:
     dataset = req.dataset or arch.default_dataset
     opts = defaults(option_table(plugins, arch, req.factorizer, dataset))
     opts.update(req.extra)
+    size = req.size if req.size is not None else DEFAULT_SIZE
     if req.direction not in DIRECTIONS:
         raise PbganError(f"--direction must be AtoB or BtoA, got {req.direction!r}")
-    if req.size < 8 or req.batch_size < 1:
+    if size < 8 or req.batch_size < 1:
         raise PbganError("--size must be at least 8 and --batch-size at least 1")
-    opts.update(size=req.size, direction=req.direction, batch_size=req.batch_size, seed=req.seed, dataset=dataset)
+    opts.update(size=size, direction=req.direction, batch_size=req.batch_size, seed=req.seed, dataset=dataset)
     return opts
 
 
@@ -344,6 +348,19 @@ def schedule(req: TrainRequest, arch: Architecture, images: int) -> tuple[int, d
     return total, {"epochs": epochs, "epochs_decay": decay, "steps_per_epoch": steps_per_epoch}
 
 
+def inherit_generator(store: ModelStore, req: TrainRequest, plugins: Plugins) -> TrainRequest:
+    """A later task takes the generator-shaping options it was not given (its size and those
+    `check_same_generator` compares) from the model's first task; given ones stay as they are,
+    and are refused there when they differ."""
+    if not store.tasks or store.tasks[0]["arch"] != req.arch:
+        return req
+    first = stored_options(store.tasks[0])
+    shaping = plugins.architectures.get(req.arch).generator_options(first)
+    inherited = {k: first[k] for k in shaping if k in first and k not in req.extra}
+    return dataclasses.replace(req, size=req.size if req.size is not None else int(first["size"]),
+                               extra={**inherited, **req.extra})
+
+
 def check_same_generator(store: ModelStore, task: str, arch: Architecture, opts: Mapping[str, Any],
                          signature: dict[str, list[int]]) -> None:
     """A later task must build the generator the bank was made for: same architecture, the same
@@ -418,6 +435,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
     store = ModelStore(req.model_dir)
     if store.has_task(req.task):  # an early answer; asked again under the lock
         raise _taken(store, req.task)
+    req = inherit_generator(store, req, plugins)
     arch = plugins.architectures.get(req.arch)
     factorizer = plugins.factorizers.get(req.factorizer)
     opts = task_options(req, plugins)
@@ -505,7 +523,8 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
         json_opts = _json_options(opts)
         entry = {
             "name": req.task, "arch": req.arch, "factorizer": req.factorizer, "dataset": opts["dataset"],
-            "data": str(req.data), "direction": req.direction, "options": json_opts, "signature": signature,
+            **data_paths(Path(req.data), store.root), "direction": req.direction, "options": json_opts,
+            "signature": signature,
             "params": {"stored": stored, "standalone": standalone, "bank_before": bank.size(),
                        "bank_added": sum(t.numel() for t in new_filters.values())},
             "train": {"steps": total, "seconds": round(seconds, 3), "final_losses": run.losses,
@@ -621,7 +640,7 @@ def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_
     try:
         store.add_task(entry, task_tensors, new_filters, bank_fingerprint, finish=add_probe)
         remove_checkpoint(store.root, name)
-        return evaluate_all(store, plugins, after=name)
+        row = evaluate_all(store, plugins, after=name)
     except (PbganError, KeyboardInterrupt) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         error = Interrupted if interrupted else PbganError
@@ -634,11 +653,49 @@ def store_task(store: ModelStore, plugins: Plugins, entry: dict[str, Any], task_
         raise error(f"task {name!r} is stored in {store.root}, but its metrics row was not recorded "
                     f"({'interrupted' if interrupted else exc}): run `pbgan eval --model-dir {store.root}` "
                     f"to compute it{gc}") from None
+    rewrite_model_card(store, name)
+    return row
 
 
-def eval_split(entry: Mapping[str, Any], plugins: Plugins) -> torch.utils.data.Dataset:
-    dataset = plugins.datasets.get(entry["dataset"])
-    return dataset.build(Path(entry["data"]), "test", entry["options"], train=False)
+def rewrite_model_card(store: ModelStore, name: str) -> None:
+    """The model directory's README.md, after the task `name` was stored with its metrics."""
+    try:
+        write_model_card(store)
+    except (PbganError, KeyboardInterrupt) as exc:
+        error = Interrupted if isinstance(exc, KeyboardInterrupt) else PbganError
+        raise error(f"task {name!r} is stored in {store.root} with its metrics; only the model's README.md was "
+                    f"not rewritten ({exc or 'interrupted'}): the next stored task rewrites it") from None
+
+
+def data_paths(data: Path, root: Path) -> dict[str, str]:
+    """How a task entry records its data: absolute, and relative to the model directory, so the
+    model can be moved or copied together with its data, and opened from any folder."""
+    where = data.resolve()
+    return {"data": str(where), "data_from_model": os.path.relpath(where, root.resolve())}
+
+
+def task_data(entry: Mapping[str, Any], root: Path | None = None, moved: Mapping[str, Any] | None = None) -> Path:
+    """Where a stored task's data is now: the path given for it in `moved`, else its path relative
+    to the model directory `root` where that exists, else the recorded one (absolute; older models
+    recorded it as typed)."""
+    if moved and entry["name"] in moved:
+        return Path(moved[entry["name"]])
+    if root is not None and entry.get("data_from_model") and (Path(root) / entry["data_from_model"]).exists():
+        return Path(root) / entry["data_from_model"]
+    return Path(entry["data"])
+
+
+def eval_split(entry: Mapping[str, Any], plugins: Plugins, root: Path | None = None,
+               moved: Mapping[str, Any] | None = None) -> torch.utils.data.Dataset:
+    """A stored task's test split, found as `task_data` says."""
+    where, name = task_data(entry, root, moved), entry["name"]
+    try:
+        return plugins.datasets.get(entry["dataset"]).build(where, "test", entry["options"], train=False)
+    except PbganError as exc:
+        if where.exists():
+            raise
+        raise PbganError(f"{exc}; if the data of task {name!r} moved, give its new place with --data {name}=PATH "
+                         f"(in Python: data={{{name!r}: PATH}})") from None
 
 
 def image_seeds(task: str, gname: str, paths: list[str]) -> list[int]:
@@ -648,16 +705,17 @@ def image_seeds(task: str, gname: str, paths: list[str]) -> list[int]:
 
 @torch.no_grad()
 def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=("l1", "psnr", "ssim"),
-                  limit: int | None = None, *, as_of: str | None = None,
-                  protocol: str = DEFAULT_PROTOCOL) -> dict[str, float]:
-    """Mean metrics of a stored task on its test split, its generator run under `protocol`."""
+                  limit: int | None = None, *, as_of: str | None = None, protocol: str = DEFAULT_PROTOCOL,
+                  data: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Mean metrics of a stored task on its test split (found as `task_data` says, `data` giving
+    tasks' new data folders), its generator run under `protocol`."""
     check_protocol(protocol)
     entry, generators = load_generators(store, plugins, name, as_of=as_of)
     arch = plugins.architectures.get(entry["arch"])
     forward = arch.generator_for(entry["direction"])
     gen = generators[forward]
     source, target = ("A", "B") if entry["direction"] == "AtoB" else ("B", "A")
-    data = eval_split(entry, plugins)
+    data = eval_split(entry, plugins, store.root, data)
     limit = limit if limit is not None else entry["options"].get("eval_images", 0)
     count = len(data) if not limit else min(limit, len(data))
     metrics = [plugins.metrics.get(m) for m in metric_names]
@@ -679,24 +737,27 @@ def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=(
     return {m.name: round(float(found[m.name]), 6) for m in metrics}
 
 
-def evaluate_all(store: ModelStore, plugins: Plugins, after: str,
-                 protocol: str = DEFAULT_PROTOCOL) -> dict[str, dict[str, float]]:
+def evaluate_all(store: ModelStore, plugins: Plugins, after: str, protocol: str = DEFAULT_PROTOCOL,
+                 data: Mapping[str, Any] | None = None) -> dict[str, dict[str, float]]:
     """Metrics of every task up to `after` as they stood after training it, recorded as that
     row of the task-by-stage matrix with the test-time protocol they were measured under.
     Inside a transaction."""
     upto = store.task(after)["index"]
-    row = {e["name"]: evaluate_task(store, plugins, e["name"], as_of=after, protocol=protocol)
+    row = {e["name"]: evaluate_task(store, plugins, e["name"], as_of=after, protocol=protocol, data=data)
            for e in store.tasks[:upto]}
     store.record_stage(after, row, protocol)
     return row
 
 
-def record_missing_stages(store: ModelStore, plugins: Plugins) -> list[str]:
-    """Compute and store the metrics rows an interrupted training did not record (`pbgan eval`)."""
+def record_missing_stages(store: ModelStore, plugins: Plugins, data: Mapping[str, Any] | None = None) -> list[str]:
+    """Compute and store the metrics rows an interrupted training did not record (`pbgan eval`);
+    `data` as for `evaluate_task`."""
     if not store.missing_stages():
         return []
     with store.transaction():  # asked again under the lock: another command may have recorded them
         missing = store.missing_stages()
         for after in missing:
-            evaluate_all(store, plugins, after)
+            evaluate_all(store, plugins, after, data=data)
+        if missing:
+            rewrite_model_card(store, missing[-1])
     return missing

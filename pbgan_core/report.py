@@ -210,7 +210,8 @@ def draw_param_growth(names: list[str], stored: list[int], standalone: int) -> I
 
 
 @torch.no_grad()
-def sample_grid(store, plugins, name: str, count: int = 4, protocol: str = DEFAULT_PROTOCOL) -> Image.Image:
+def sample_grid(store, plugins, name: str, count: int = 4, protocol: str = DEFAULT_PROTOCOL,
+                data=None) -> Image.Image:
     """Rows of condition | output | target for the first `count` test images of a task."""
     from .engine import eval_split, image_seeds, load_generators
 
@@ -219,7 +220,7 @@ def sample_grid(store, plugins, name: str, count: int = 4, protocol: str = DEFAU
     gname = arch.generator_for(entry["direction"])
     gen = generators[gname]
     source, target = ("A", "B") if entry["direction"] == "AtoB" else ("B", "A")
-    data = eval_split(entry, plugins)
+    data = eval_split(entry, plugins, store.root, data)
     rows = []
     for i in range(min(count, len(data))):
         item = data[i]
@@ -261,10 +262,10 @@ PROTOCOL_TEXT = {"eval": "eval mode: BatchNorm uses its running statistics, drop
 
 
 def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int = 4,
-                 protocol: str = DEFAULT_PROTOCOL, baseline=None) -> Path:
+                 protocol: str = DEFAULT_PROTOCOL, baseline=None, data=None) -> Path:
     """Write out/index.html and its PNGs; every image is referenced relative to the page.
     `baseline`, another model's store, adds each task's metrics and stored parameters as
-    ratios to that model's task of the same name."""
+    ratios to that model's task of the same name; `data` ({task: folder}) where tasks' data is now."""
     if not store.tasks:
         raise PbganError(f"{store.root} has no tasks yet; train one before making a report")
     out = Path(out)
@@ -278,7 +279,7 @@ def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int =
     parts.append("<h2>Samples: condition | output | target</h2>")
     for r in rows:
         file = f"samples-{r['index']:04d}-{r['name']}.png"
-        grid = sample_grid(store, plugins, r["name"], samples, protocol)
+        grid = sample_grid(store, plugins, r["name"], samples, protocol, data)
         _png(grid, out / file)
         width = grid.width * max(1, 576 // grid.width)  # small images shown larger, pixels kept sharp
         parts.append(f"<h3>{html.escape(r['name'])}</h3><p>{html.escape(_describe(store.task(r['name'])))}</p>"

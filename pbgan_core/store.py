@@ -57,7 +57,8 @@ STORED_FILE = re.compile(r"^\.?\d{4}-[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors(\.[
 WHOLE_FILE = re.compile(r"^(\d{4})-([A-Za-z0-9][A-Za-z0-9._-]*)\.safetensors$")
 # entry fields that depend on the task's stored files or on the run, so its task file does not record them
 NOT_RECORDED = ("sha256", "bank_sha256", "probe_sha256", "metrics", "metrics_protocol", "train")
-MANIFEST_TEMPORARY = re.compile(r"^\.manifest\.json\.[A-Za-z0-9_]+\.tmp$")
+# temporary files of the manifest's and the generated README's atomic writes
+MANIFEST_TEMPORARY = re.compile(r"^\.(manifest\.json|README\.md)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def stored_options(entry: dict[str, Any]) -> dict[str, Any]:
@@ -347,6 +348,11 @@ class ModelStore:
                              "it belongs to a different model directory")
         check_entry_unedited(entry, self.manifest_path)
         return entry, tensors, new_filters, bank
+
+    def write_file(self, rel: str, data: bytes) -> None:
+        """Rewrite a file that is not part of any task (the generated README.md)."""
+        self._check_locked()
+        atomic_write_bytes(self.root / rel, data)
 
     def update_entry(self, name: str, **fields: Any) -> None:
         self._check_locked()

@@ -14,6 +14,23 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def moved_data(values: list[str] | None) -> dict[str, Path]:
+    """`--data TASK=PATH` options as {task: path}."""
+    from pbgan_core.errors import UsageError
+
+    moved = {}
+    for value in values or []:
+        task, sep, path = value.partition("=")
+        if not sep or not task or not path:
+            raise UsageError(f"--data expects TASK=PATH (the task's data in its new place), got {value!r}")
+        moved[task] = Path(path)
+    return moved
+
+
+DATA_HELP = ("TASK=PATH: the data of TASK is now in PATH (repeatable) [default: found beside the model, as when "
+             "it was trained, or where it was]")
+
+
 @hookimpl
 def register_commands(cli):
     import typer
@@ -46,6 +63,7 @@ def register_commands(cli):
                                                 "warm full copy: --factorizer standalone --init warm) trained on "
                                                 "the same task names: also show each metric as a ratio to it"),
         json_out: bool = typer.Option(False, "--json", help="Print JSON"),
+        data: Optional[list[str]] = typer.Option(None, "--data", help=DATA_HELP),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
         """Record any metrics row an interrupted training left out, score every task (or one) on
@@ -57,18 +75,19 @@ def register_commands(cli):
         """
         model = Model.open(model_dir)
         check_protocol(protocol)
+        moved = model.check_data(moved_data(data))
         names = [m.strip() for m in metrics.split(",") if m.strip()]
         model.check_metrics(names)
         model.plugins.metrics.get(matrix_metric)
         recorded = []
         try:
-            recorded = model.record_missing_stages()
+            recorded = model.record_missing_stages(moved)
         except ModelInUse as exc:
             warnings.warn(f"the missing metrics rows were not recorded ({exc})", stacklevel=1)
         if recorded and not json_out:
             console.print(f"recorded the missing metrics row after: {', '.join(recorded)}", markup=False)
         now = model.evaluate(task, names, images, fid_weights=fid_weights, lpips_weights=lpips_weights,
-                             protocol=protocol)
+                             protocol=protocol, data=moved)
         ratios = None
         if baseline is not None:
             base = Model.open(baseline)
@@ -76,7 +95,8 @@ def register_commands(cli):
             ratios = baseline_ratios(
                 {t: {**v, "stored": model.task(t).params["stored"]} for t, v in now.items()},
                 {t: {**base.evaluate(t, names, images, fid_weights=fid_weights, lpips_weights=lpips_weights,
-                                     protocol=protocol)[t], "stored": base_stored[t]}
+                                     protocol=protocol, data={t: moved[t]} if t in moved else None)[t],
+                     "stored": base_stored[t]}
                  for t in now if t in base_stored})
             require_shared_tasks(ratios, base.root)
         history = model.history(matrix_metric)
@@ -134,6 +154,7 @@ def register_commands(cli):
         baseline: Optional[Path] = typer.Option(None, "--baseline", help="Another model directory trained on the "
                                                 "same task names (e.g. a warm full copy): add each task's metrics "
                                                 "and stored parameters as ratios to it"),
+        data: Optional[list[str]] = typer.Option(None, "--data", help=DATA_HELP),
         model_dir: Optional[Path] = ModelDir,
     ) -> None:
         """Write an HTML report (index.html and PNGs, opens from disk): sample grids
@@ -141,5 +162,6 @@ def register_commands(cli):
 
         Example: pbgan report --model-dir pbgan-model
         """
-        index = Model.open(model_dir).report(out, metric, samples, protocol, baseline, force)
+        index = Model.open(model_dir).report(out, metric, samples, protocol, baseline, force,
+                                             data=moved_data(data))
         console.print(f"wrote {index}")

@@ -203,8 +203,8 @@ def _not_empty(store: ModelStore) -> PbganError:
 
 def import_reference(plugins, checkpoints: list[Path], arch_name: str, task: str, model_dir: Path, data: Path,
                      direction: str | None, size: int | None, eval_images: int) -> dict[str, Any]:
-    from pbgan_core.engine import (TrainRequest, count_parameters, generator_signature, split_task, store_task,
-                                   task_options)
+    from pbgan_core.engine import (TrainRequest, count_parameters, data_paths, generator_signature, split_task,
+                                   store_task, task_options)
 
     check_task_name(task)
     if arch_name not in ("pix2pix", "cyclegan"):
@@ -264,7 +264,7 @@ def import_reference(plugins, checkpoints: list[Path], arch_name: str, task: str
                 "reference loader does)") if dropped else ""
         entry = {
             "name": task, "arch": arch_name, "factorizer": req.factorizer, "dataset": opts["dataset"],
-            "data": str(data), "direction": direction, "options": {k: v for k, v in opts.items()
+            **data_paths(Path(data), store.root), "direction": direction, "options": {k: v for k, v in opts.items()
                                                                    if isinstance(v, (str, int, float, bool))},
             "signature": signature,
             "params": {"stored": stored, "standalone": standalone, "bank_before": 0,

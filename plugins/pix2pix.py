@@ -113,7 +113,8 @@ class Pix2Pix(Architecture):
         except ValueError:
             depth = opts["netG"]  # build_generators reports the bad name
         return {"netG": f"unet_{2 ** depth}" if isinstance(depth, int) else depth, "ngf": opts["ngf"],
-                "norm": opts["norm"], "no_dropout": opts["no_dropout"]}
+                "norm": opts["norm"], "no_dropout": opts["no_dropout"],
+                "upsample": opts.get("upsample", "transpose")}  # tasks stored before --upsample transposed
 
     def build_trainer(self, generators, opts, device, total_steps):
         return Pix2PixTrainer(generators["G"], opts, device, total_steps)
