@@ -17,6 +17,7 @@ spelled with underscores (`lambda_` for `--lambda`).
 from __future__ import annotations
 
 import contextlib
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -128,7 +129,11 @@ def train(arch: str, task: str, data: str | Path | None = None, *, progress: Pro
           nproc: int = 1, **kwargs: Any) -> Task | None:
     """Train a new task of the model in `model_dir` (the first task seeds the filter bank) and
     return it. Takes the options of `pbgan train` as keywords; `progress(step, total, losses)`
-    is called after every step. Returns None in the worker processes of a distributed run."""
+    is called after every step. Returns None in the worker processes of a distributed run.
+
+    Keywords as in `pbgan train`: model_dir, direction, size (256), steps, epochs, epochs_decay,
+    batch_size (1), factorizer ("piggyback"), dataset, derive, device ("auto"), seed (0), resume,
+    checkpoint_every (200), precision ("fp32"), nproc (1); then the plugin options below."""
     plugins = kwargs.pop("plugins", None) or get_plugins()
     request = train_request(arch, task, data, plugins=plugins, **kwargs)
     if nproc != 1:
@@ -330,5 +335,17 @@ def save_image(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
     """Write a (3, H, W) tensor in [-1, 1] or a PIL image as PNG, byte for byte as `pbgan generate`."""
     return write_image(image, path)
 
+
+def _document_train() -> None:
+    """Append the installed plugins' options to `train`'s docstring, so help(pbgan.train) lists them."""
+    from .optiondocs import options_docstring
+
+    try:
+        train.__doc__ = f"{train.__doc__}\n\n{textwrap.indent(options_docstring(get_plugins()), '    ')}"
+    except PbganError:  # plugins that cannot load: commands report it, importing the API must not fail
+        pass
+
+
+_document_train()
 
 __all__ = ["Model", "Task", "train", "train_request", "train_options", "save_image", "PROTOCOLS", "PbganError"]

@@ -41,22 +41,11 @@ def _version(value: bool) -> None:
 
 
 def _train_epilog() -> str:
-    plugins = get_plugins()
-    lines = ["Example: pbgan train --arch pix2pix --task facades --data ../shared/data/facades --direction BtoA "
-             "--size 64 --steps 200", "", "Options added by plugins (give them after the others):"]
-    from .engine import ENGINE_OPTIONS
+    from .optiondocs import options_text
 
-    lines.append("all: " + " ".join(f"--{o.flag} [{o.default}]" for o in ENGINE_OPTIONS))
-    for arch in plugins.architectures.items.values():
-        flags = " ".join(f"--{o.flag} [{o.default}]" for o in arch.options)
-        lines.append(f"{arch.name}: {flags}")
-    for fac in plugins.factorizers.items.values():
-        flags = " ".join(f"--{o.flag} [{o.default}]" for o in fac.options)
-        lines.append(f"factorizer {fac.name}: {flags or '-'}")
-    for ds in plugins.datasets.items.values():
-        flags = " ".join(f"--{o.flag} [{o.default}]" for o in ds.options)
-        lines.append(f"dataset {ds.name}: {flags or '-'}")
-    return "\n\n".join(lines)
+    return ("Example: pbgan train --arch pix2pix --task facades --data ../shared/data/facades --direction BtoA "
+            "--size 64 --steps 200\n\nOptions added by plugins (give them after the others; each applies "
+            "with the --arch, --factorizer or --dataset that adds it):\n\n" + options_text(get_plugins()))
 
 
 def build_app() -> typer.Typer:
@@ -91,14 +80,14 @@ def build_app() -> typer.Typer:
                                                    "learning rate falls linearly, once per epoch, to 1/(N+1) of the "
                                                    "initial one in the last epoch, as the reference n_epochs_decay "
                                                    "[default: the architecture's, 100]"),
-        batch_size: int = typer.Option(1, "--batch-size"),
+        batch_size: int = typer.Option(1, "--batch-size", help="Images per optimizer step (per process with --nproc)"),
         factorizer: str = typer.Option("piggyback", "--factorizer", help="How tasks share the generator"),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset plugin [default: the "
                                               "architecture's]"),
         derive: Optional[str] = typer.Option(None, "--derive", help="Derive conditions from a folder of photos: "
                                              "edges, grayscale, blur, noise, pixelate, dark or negative (implies --dataset derived)"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", help="Random seed of the weights, crops, flips and image order"),
         resume: bool = typer.Option(False, "--resume", help="Continue the task's interrupted run from its "
                                     "checkpoint (give the same options)"),
         checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Save a checkpoint every N steps "
@@ -185,8 +174,14 @@ def build_app() -> typer.Typer:
         Example: pbgan list-plugins --json
         """
         plugins = get_plugins()
+        from .optiondocs import describe, option_groups
+
+        options: dict[str, dict[str, list]] = {}
+        for title, owner, group in option_groups(plugins):
+            options.setdefault(owner, {})[title] = [describe(o) for o in group]
         rows = [{"name": i.name, "version": i.version, "distribution": i.distribution,
-                 "provides": {k: sorted(v) for k, v in i.provides.items()}} for i in plugins.info.values()]
+                 "provides": {k: sorted(v) for k, v in i.provides.items()},
+                 "options": options.get(i.name, {})} for i in plugins.info.values()]
         rows.sort(key=lambda r: r["name"])
         if json_out:
             print(json.dumps(rows, indent=2))

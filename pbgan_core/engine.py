@@ -27,14 +27,15 @@ from .protocol import DEFAULT_PROTOCOL, check_protocol, image_seed, translate
 from .store import ModelStore, check_task_name, stored_options
 
 ENGINE_OPTIONS = (
-    Option("init", "auto", "warm: start a later task from the latest task's generator; scratch: fresh weights; "
-           "auto: the factorizer's choice (warm, except for standalone)", choices=("auto", "warm", "scratch")),
+    Option("init", "auto", "how a later task's weights start: warm (from the latest task's generator), "
+           "scratch (fresh random weights) or auto (the factorizer's choice: warm, except for standalone)", choices=("auto", "warm", "scratch")),
     Option("eval-images", 32, "test images per task used for the metrics after each task (0: all)"),
-    Option("num-workers", 0, "data loader worker processes"),
+    Option("num-workers", 0, "data loader worker processes (0: load in the training process)"),
     Option("channels-last", False, "train in the channels-last memory format (often faster on GPUs)"),
     Option("compile", False, "compile the generators and discriminators with torch.compile"),
     Option("bn-images", 400, "after training, recompute the generators' BatchNorm running statistics as their "
-           "mean over this many training images (0: keep the moving averages of the last steps)"),
+           "plain mean over up to this many training images, spread over the set (0: keep the moving averages, "
+           "which reflect only the last few dozen images at batch size 1)"),
 )
 
 

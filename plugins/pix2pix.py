@@ -62,17 +62,18 @@ def build_gan_loss(mode: str) -> nn.Module:
 
 
 GENERATOR_OPTIONS = (
-    Option("ngf", 64, "generator filters in the first layer"),
+    Option("ngf", 64, "generator filters in the first layer (later layers have multiples of it)"),
     Option("norm", "batch", "normalization layer", choices=("batch", "instance", "none")),
     Option("no-dropout", False, "disable dropout in the generator"),
     Option("init-type", "normal", "weight initialization", choices=("normal", "xavier", "kaiming", "orthogonal")),
 )
 DISCRIMINATOR_OPTIONS = (
-    Option("netD", "basic", "discriminator", choices=("basic", "n_layers", "pixel")),
+    Option("netD", "basic", "discriminator: basic (the 70x70 PatchGAN), n_layers (--n-layers-d layers) "
+           "or pixel (1x1 PatchGAN)", choices=("basic", "n_layers", "pixel")),
     Option("ndf", 64, "discriminator filters in the first layer"),
-    Option("n-layers-d", 3, "layers of the n_layers PatchGAN"),
+    Option("n-layers-d", 3, "convolution layers of the discriminator with --netD n_layers"),
     Option("lr", 2e-4, "Adam learning rate"),
-    Option("beta1", 0.5, "Adam beta1"),
+    Option("beta1", 0.5, "Adam beta1 (momentum of the first moment)"),
 )
 
 
