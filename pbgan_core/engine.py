@@ -515,6 +515,12 @@ def image_seeds(task: str, gname: str, paths: list[str]) -> list[int]:
     return [image_seed(task, gname, Path(p).name) for p in paths]
 
 
+def eval_image_count(entry: Mapping[str, Any], available: int, limit: int | None = None) -> int:
+    """Test images a score uses: `limit` of the `available` ones (None: the task's --eval-images; 0: all)."""
+    limit = limit if limit is not None else entry["options"].get("eval_images", 0)
+    return available if not limit else min(limit, available)
+
+
 @torch.no_grad()
 def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=("l1", "psnr", "ssim"),
                   limit: int | None = None, *, as_of: str | None = None,
@@ -527,8 +533,7 @@ def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=(
     gen = generators[forward]
     source, target = ("A", "B") if entry["direction"] == "AtoB" else ("B", "A")
     data = eval_split(entry, plugins)
-    limit = limit if limit is not None else entry["options"].get("eval_images", 0)
-    count = len(data) if not limit else min(limit, len(data))
+    count = eval_image_count(entry, len(data), limit)
     metrics = [plugins.metrics.get(m) for m in metric_names]
     sets = {m.name: m.accumulator() for m in metrics if getattr(m, "set_level", False)}  # e.g. fid
     per_image = [m for m in metrics if m.name not in sets]
