@@ -125,7 +125,7 @@ def build_app() -> typer.Typer:
         task: str = typer.Option(..., "--task", help="Which task's generator to run"),
         direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA [default: the task's]"),
         aligned: bool = typer.Option(False, "--aligned", help="Inputs are A|B files: use their condition half"),
-        device: str = typer.Option("cpu", "--device"),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)"),
         force: bool = typer.Option(False, "--force", help="Replace existing output files"),
         protocol: str = ProtocolOption,
         model_dir: Optional[Path] = ModelDir,
@@ -199,7 +199,7 @@ def build_app() -> typer.Typer:
                                       "report go"),
              steps: int = typer.Option(500, "--steps", help="Training steps per task"),
              size: int = typer.Option(64, "--size", help="Image size"),
-             device: str = typer.Option("cpu", "--device")) -> None:
+             device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)")) -> None:
         """Learn a few image translations one after another on built-in photos (no download):
         show each task's score against its trivial baseline, check the earlier tasks are unchanged,
         and write the HTML report (OUT/model/report/index.html).

@@ -480,7 +480,8 @@ def build_report(store, plugins, out: Path, metric: str = "ssim", samples: int =
     names, stored = [r["name"] for r in rows], [r["stored_parameters"] for r in rows]
     png = _write_figure(draw_param_growth(names, stored, totals["standalone_parameters"]), out, "params")
     one = totals["standalone_parameters"]
-    growth = [[n, s, round(s / one, 4), sum(stored[: k + 1]), one * (k + 1)] for k, (n, s) in enumerate(zip(names, stored))]
+    growth = [[n, s, round(s / one, 4), sum(stored[: k + 1]), one * (k + 1)]
+              for k, (n, s) in enumerate(zip(names, stored))]
     files = [png.replace(".png", ".svg"), *write_tables(
         out, "params", ["task", "stored", "x standalone", "cumulative stored", "one standalone per task"], growth)]
     parts.append(f"<h2>Parameters</h2><img src=\"{html.escape(png)}\" alt=\"parameter growth\">"

@@ -158,13 +158,15 @@ def reference_loader(entry: dict[str, Any], plugins) -> str | None:
                   f"norm_layer=get_norm_layer('{o['norm']}'), use_dropout={dropout})"
     elif entry["arch"] == "cyclegan":
         dropout = o["dropout"]
-        network = f"ResnetGenerator(input_nc=3, output_nc=3, ngf={o['ngf']}, norm_layer=get_norm_layer('{o['norm']}'), " \
-                  f"use_dropout={dropout}, n_blocks={o['netG'][len('resnet_'):-len('blocks')]})"
+        network = f"ResnetGenerator(input_nc=3, output_nc=3, ngf={o['ngf']}, " \
+                  f"norm_layer=get_norm_layer('{o['norm']}'), use_dropout={dropout}, " \
+                  f"n_blocks={o['netG'][len('resnet_'):-len('blocks')]})"
     else:
         return None
     model, size = "pix2pix" if entry["arch"] == "pix2pix" else "cycle_gan", entry["options"]["size"]
     flags = (f"--model {model} --netG {o['netG']} --ngf {o['ngf']} --norm {o['norm']}"
-             f"{'' if dropout else ' --no_dropout'} --direction {entry['direction']} --load_size {size} --crop_size {size}")
+             f"{'' if dropout else ' --no_dropout'} --direction {entry['direction']} --load_size {size} "
+             f"--crop_size {size}")
     return f"the reference networks.{network}, as test.py builds it with {flags}"
 
 

@@ -77,8 +77,9 @@ def install_command(torch_version: str | None = None) -> str:
 
 def _import_failed(metric: str, exc: Exception) -> PbganError:
     first = (str(exc).splitlines() or [""])[0]
-    return PbganError(f"{metric} needs torchmetrics, torch-fidelity and torchvision built for torch {torch.__version__} "
-                      f"({type(exc).__name__}: {first}); install them without replacing torch: {install_command()}")
+    return PbganError(f"{metric} needs torchmetrics, torch-fidelity and torchvision built for torch "
+                      f"{torch.__version__} ({type(exc).__name__}: {first}); install them without replacing torch: "
+                      f"{install_command()}")
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, name: str) -> None:

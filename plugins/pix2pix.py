@@ -63,9 +63,11 @@ def build_gan_loss(mode: str) -> nn.Module:
 
 GENERATOR_OPTIONS = (
     Option("ngf", 64, "generator filters in the first layer (later layers have multiples of it)"),
-    Option("norm", "batch", "normalization layer", choices=("batch", "instance", "none")),
+    Option("norm", "batch", "normalization layer of the generator and discriminators",
+           choices=("batch", "instance", "none")),
     Option("no-dropout", False, "disable dropout in the generator"),
-    Option("init-type", "normal", "weight initialization", choices=("normal", "xavier", "kaiming", "orthogonal")),
+    Option("init-type", "normal", "initial weights: normal (std 0.02, the reference's), xavier, kaiming or "
+           "orthogonal", choices=("normal", "xavier", "kaiming", "orthogonal")),
 )
 DISCRIMINATOR_OPTIONS = (
     Option("netD", "basic", "discriminator: basic (the 70x70 PatchGAN), n_layers (--n-layers-d layers) "
@@ -88,7 +90,9 @@ class Pix2Pix(Architecture):
         Option("upsample", "transpose", "U-Net upsampling: transpose (the reference's transposed convs) or resize "
                "(nearest 2x + 3x3 conv: no checkerboard artifacts)", choices=UPSAMPLING),
         *DISCRIMINATOR_OPTIONS,
-        Option("gan-mode", "vanilla", "adversarial loss", choices=("vanilla", "lsgan", "hinge", "wgangp")),
+        Option("gan-mode", "vanilla", "adversarial loss: vanilla (cross-entropy, pix2pix's), lsgan (least squares, "
+               "CycleGAN's), hinge or wgangp (Wasserstein with gradient penalty)",
+               choices=("vanilla", "lsgan", "hinge", "wgangp")),
         Option("lambda-l1", 100.0, "weight of the L1 loss"),
     )
 
