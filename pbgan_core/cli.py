@@ -183,8 +183,10 @@ def build_app() -> typer.Typer:
                  "provides": {k: sorted(v) for k, v in i.provides.items()},
                  "options": options.get(i.name, {})} for i in plugins.info.values()]
         rows.sort(key=lambda r: r["name"])
-        if json_out:
-            print(json.dumps(rows, indent=2))
+        if json_out:  # the core's own train options too, as a row of their own
+            core = {"name": "pbgan_core", "version": __version__, "distribution": "pbgan", "provides": {},
+                    "options": options["pbgan_core"]}
+            print(json.dumps([core, *rows], indent=2))
             return
         table = Table(title="pbgan plugins")
         for col in ("plugin", "version", "distribution", "provides"):

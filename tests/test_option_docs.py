@@ -36,6 +36,8 @@ def test_list_plugins_json_describes_options(cli):
     netd = next(o for o in rows["pix2pix"]["options"]["--arch pix2pix"] if o["flag"] == "--netD")
     assert netd["choices"] == ["basic", "n_layers", "pixel"] and netd["default"] == "basic"
     assert rows["verify"]["options"] == {}
+    init = next(o for o in rows["pbgan_core"]["options"]["every architecture"] if o["flag"] == "--init")
+    assert init["choices"] == ["auto", "warm", "scratch"] and "warm" in init["help"]
 
 
 def test_help_of_the_python_train_lists_the_options():
