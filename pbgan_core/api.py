@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -162,7 +163,12 @@ def train(arch: str | None, task: str, data: str | Path | None = None, *, progre
     return it. Takes the options of `pbgan train` as keywords (`loggers=["tensorboard"]`).
     `progress`: True shows a bar (plain lines without a terminal), False none, a function
     `progress(step, total, losses)` is called after every step; `listeners` hear every event
-    (pbgan_core/events.py). Returns None in the worker processes of a distributed run."""
+    (pbgan_core/events.py). Returns None in the worker processes of a distributed run.
+
+    Keywords as in `pbgan train`: model_dir, direction, size (256, or the model's first task's),
+    steps, epochs, epochs_decay, batch_size (1), factorizer ("piggyback"), dataset, derive, device
+    ("auto"), seed (0), resume, checkpoint_every (200), precision ("fp32"), nproc (1), loggers,
+    log_every (10), sample_every; then the plugin options below."""
     plugins = kwargs.pop("plugins", None) or get_plugins()
     nproc = NPROC.check(nproc)
     request = train_request(arch, task, data, plugins=plugins, **kwargs)
@@ -406,5 +412,17 @@ def save_image(image: torch.Tensor | np.ndarray | Image.Image, path: str | Path)
         image = image_batch(image, "save_image")[0]
     return write_image(image, as_path(path, "save_image's path"))
 
+
+def _document_train() -> None:
+    """Append the installed plugins' options to `train`'s docstring, so help(pbgan.train) lists them."""
+    from .optiondocs import options_docstring
+
+    try:
+        train.__doc__ = f"{train.__doc__}\n\n{textwrap.indent(options_docstring(get_plugins()), '    ')}"
+    except PbganError:  # plugins that cannot load: commands report it, importing the API must not fail
+        pass
+
+
+_document_train()
 
 __all__ = ["Model", "Task", "train", "train_request", "train_options", "save_image", "PROTOCOLS", "PbganError"]

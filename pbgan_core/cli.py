@@ -42,22 +42,11 @@ def _version(value: bool) -> None:
 
 
 def _train_epilog() -> str:
-    plugins = get_plugins()
-    lines = ["Example: pbgan train --arch pix2pix --task facades --data ../shared/data/facades --direction BtoA "
-             "--size 64 --steps 200", "", "Options added by plugins (give them after the others):"]
-    from .engine import ENGINE_OPTIONS
+    from .optiondocs import options_text
 
-    lines.append("all: " + " ".join(f"--{o.flag} [{o.default}]" for o in ENGINE_OPTIONS))
-    for arch in plugins.architectures.items.values():
-        flags = " ".join(f"--{o.flag} [{o.default}]" for o in arch.options)
-        lines.append(f"{arch.name}: {flags}")
-    for fac in plugins.factorizers.items.values():
-        flags = " ".join(f"--{o.flag} [{o.default}]" for o in fac.options)
-        lines.append(f"factorizer {fac.name}: {flags or '-'}")
-    for ds in plugins.datasets.items.values():
-        flags = " ".join(f"--{o.flag} [{o.default}]" for o in ds.options)
-        lines.append(f"dataset {ds.name}: {flags or '-'}")
-    return "\n\n".join(lines)
+    return ("Example: pbgan train --arch pix2pix --task facades --data ../shared/data/facades --direction BtoA "
+            "--size 64 --steps 200\n\nOptions added by plugins (give them after the others; each applies "
+            "with the --arch, --factorizer or --dataset that adds it):\n\n" + options_text(get_plugins()))
 
 
 def build_app() -> typer.Typer:
@@ -94,14 +83,14 @@ def build_app() -> typer.Typer:
                                                    "learning rate falls linearly, once per epoch, to 1/(N+1) of the "
                                                    "initial one in the last epoch, as the reference n_epochs_decay "
                                                    "[default: the architecture's, 100]"),
-        batch_size: int = typer.Option(1, "--batch-size"),
+        batch_size: int = typer.Option(1, "--batch-size", help="Images per optimizer step (per process with --nproc)"),
         factorizer: str = typer.Option("piggyback", "--factorizer", help="How tasks share the generator"),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset plugin [default: the "
                                               "architecture's]"),
         derive: Optional[str] = typer.Option(None, "--derive", help="Derive conditions from a folder of photos: "
                                              "edges, grayscale, blur, noise, pixelate, dark or negative (implies --dataset derived)"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", help="Random seed of the weights, crops, flips and image order"),
         resume: bool = typer.Option(False, "--resume", help="Continue the task's interrupted run from its "
                                     "checkpoint (give the same options)"),
         checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Save a checkpoint every N steps "
@@ -162,7 +151,7 @@ def build_app() -> typer.Typer:
         task: str = typer.Option(..., "--task", help="Which task's generator to run"),
         direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA [default: the task's]"),
         aligned: bool = typer.Option(False, "--aligned", help="Inputs are A|B files: use their condition half"),
-        device: str = typer.Option("cpu", "--device"),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)"),
         force: bool = typer.Option(False, "--force", help="Replace existing output files"),
         protocol: str = ProtocolOption,
         model_dir: Optional[Path] = ModelDir,
@@ -204,11 +193,19 @@ def build_app() -> typer.Typer:
         Example: pbgan list-plugins --json
         """
         plugins = get_plugins()
+        from .optiondocs import describe, option_groups
+
+        options: dict[str, dict[str, list]] = {}
+        for title, owner, group in option_groups(plugins):
+            options.setdefault(owner, {})[title] = [describe(o) for o in group]
         rows = [{"name": i.name, "version": i.version, "distribution": i.distribution,
-                 "provides": {k: sorted(v) for k, v in i.provides.items()}} for i in plugins.info.values()]
+                 "provides": {k: sorted(v) for k, v in i.provides.items()},
+                 "options": options.get(i.name, {})} for i in plugins.info.values()]
         rows.sort(key=lambda r: r["name"])
-        if json_out:
-            print(json.dumps(rows, indent=2))
+        if json_out:  # the core's own train options too, as a row of their own
+            core = {"name": "pbgan_core", "version": __version__, "distribution": "pbgan", "provides": {},
+                    "options": options["pbgan_core"]}
+            print(json.dumps([core, *rows], indent=2))
             return
         table = Table(title="pbgan plugins")
         for col in ("plugin", "version", "distribution", "provides"):
@@ -223,7 +220,7 @@ def build_app() -> typer.Typer:
                                       "report go"),
              steps: int = typer.Option(500, "--steps", help="Training steps per task"),
              size: int = typer.Option(64, "--size", help="Image size"),
-             device: str = typer.Option("cpu", "--device")) -> None:
+             device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)")) -> None:
         """Learn a few image translations one after another on built-in photos (no download):
         show each task's score against its trivial baseline, check the earlier tasks are unchanged,
         and write the HTML report (OUT/model/report/index.html).

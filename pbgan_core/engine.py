@@ -34,14 +34,16 @@ from .samples import sample_maker
 from .store import ModelStore, check_task_name, stored_options
 
 ENGINE_OPTIONS = (
-    Option("init", "auto", "warm: start a later task from the latest task's generator; scratch: fresh weights; "
-           "auto: the factorizer's choice (warm, except for standalone)", choices=("auto", "warm", "scratch")),
+    Option("init", "auto", "how a later task's weights start: warm (from the latest task's generator), "
+           "scratch (fresh random weights) or auto (the factorizer's choice: warm, except for standalone)",
+           choices=("auto", "warm", "scratch")),
     Option("eval-images", 32, "test images per task used for the metrics after each task (0: all)", min=0),
-    Option("num-workers", 0, "data loader worker processes", min=0, max=256),
+    Option("num-workers", 0, "data loader worker processes (0: load in the training process)", min=0, max=256),
     Option("channels-last", False, "train in the channels-last memory format (often faster on GPUs)"),
     Option("compile", False, "compile the generators and discriminators with torch.compile"),
     Option("bn-images", 400, "after training, recompute the generators' BatchNorm running statistics as their "
-           "mean over this many training images (0: keep the moving averages of the last steps)", min=0),
+           "plain mean over up to this many training images, spread over the set (0: keep the moving averages, "
+           "which reflect only the last few dozen images at batch size 1)", min=0),
 )
 
 
@@ -703,6 +705,12 @@ def image_seeds(task: str, gname: str, paths: list[str]) -> list[int]:
     return [image_seed(task, gname, Path(p).name) for p in paths]
 
 
+def eval_image_count(entry: Mapping[str, Any], available: int, limit: int | None = None) -> int:
+    """Test images a score uses: `limit` of the `available` ones (None: the task's --eval-images; 0: all)."""
+    limit = limit if limit is not None else entry["options"].get("eval_images", 0)
+    return available if not limit else min(limit, available)
+
+
 @torch.no_grad()
 def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=("l1", "psnr", "ssim"),
                   limit: int | None = None, *, as_of: str | None = None, protocol: str = DEFAULT_PROTOCOL,
@@ -716,8 +724,7 @@ def evaluate_task(store: ModelStore, plugins: Plugins, name: str, metric_names=(
     gen = generators[forward]
     source, target = ("A", "B") if entry["direction"] == "AtoB" else ("B", "A")
     data = eval_split(entry, plugins, store.root, data)
-    limit = limit if limit is not None else entry["options"].get("eval_images", 0)
-    count = len(data) if not limit else min(limit, len(data))
+    count = eval_image_count(entry, len(data), limit)
     metrics = [plugins.metrics.get(m) for m in metric_names]
     sets = {m.name: m.accumulator() for m in metrics if getattr(m, "set_level", False)}  # e.g. fid
     per_image = [m for m in metrics if m.name not in sets]

@@ -36,11 +36,13 @@ class CycleGAN(Architecture):
     options = (
         Option("netG", "resnet_9blocks", "generator (9 blocks for 256 px, 6 for 128 px)", choices=RESNETS),
         *(o for o in GENERATOR_OPTIONS if o.key in ("ngf", "init_type")),
-        Option("norm", "instance", "normalization layer", choices=("batch", "instance", "none")),
+        Option("norm", "instance", "normalization layer of the generator and discriminators",
+               choices=("batch", "instance", "none")),
         Option("dropout", False, "dropout 0.5 in the ResNet blocks (the reference CycleGAN uses none)"),
         *DISCRIMINATOR_OPTIONS,
-        Option("gan-mode", "lsgan", "adversarial loss (wgangp as in the reference: no gradient "
-               "penalty unless --gp-lambda)", choices=("vanilla", "lsgan", "hinge", "wgangp")),
+        Option("gan-mode", "lsgan", "adversarial loss: vanilla (cross-entropy, pix2pix's), lsgan (least squares, "
+               "CycleGAN's), hinge or wgangp (Wasserstein; as in the reference, no gradient penalty unless "
+               "--gp-lambda)", choices=("vanilla", "lsgan", "hinge", "wgangp")),
         Option("lambda-a", 10.0, "weight of the cycle loss A -> B -> A", min=0),
         Option("lambda-b", 10.0, "weight of the cycle loss B -> A -> B", min=0),
         Option("lambda-identity", 0.5, "weight of the identity loss, relative to lambda-a / lambda-b (0: off)", min=0),

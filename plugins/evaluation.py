@@ -41,7 +41,7 @@ def register_commands(cli):
     from pbgan_core.console import console, keep_numbers_whole
     from pbgan_core.lock import ModelInUse
     from pbgan_core.protocol import check_protocol
-    from pbgan_core.report import baseline_ratios, require_shared_tasks
+    from pbgan_core.report import baseline_ratios, require_shared_tasks, scored_against, test_image_counts
 
     @cli.command("eval")
     def eval_cmd(
@@ -104,9 +104,11 @@ def register_commands(cli):
                                         history["forgetting"])
         higher = history["higher_is_better"]
         protocols = [s.get("protocol", "eval") for s in stages]  # stages before protocols existed ran in eval mode
+        counts = test_image_counts(model.store, model.plugins, list(now), images, moved)
+        against = {t: scored_against(model.store.task(t), model.plugins) for t in now}
         if json_out:
             print(json.dumps({"model_dir": str(model.root), "recorded_rows_after": recorded, "protocol": protocol,
-                              "metrics": now,
+                              "metrics": now, "images": counts, "scored_against": against,
                               "matrix": {**{k: history[k] for k in ("metric", "higher_is_better", "tasks", "after",
                                                                     "values")}, "protocols": protocols},
                               "forgetting": drops,
@@ -117,9 +119,13 @@ def register_commands(cli):
         table.add_column("task")
         for name in names:
             table.add_column(name, justify="right", no_wrap=True)
+        table.add_column("test images", justify="right", no_wrap=True)
         for t, values in now.items():
-            table.add_row(t, *[_fmt(values[n]) for n in names])
+            table.add_row(t, *[_fmt(values[n]) for n in names], str(counts[t]))
         console.print(keep_numbers_whole(table))
+        for t, text in against.items():
+            if text != "target":
+                console.print(f"{t}: per-image metrics score the {text}", markup=False)
         if ratios:
             compared = Table(title=f"ratio to the baseline {baseline}")
             compared.add_column("task")

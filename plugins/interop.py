@@ -2,7 +2,9 @@
 
 `pbgan export` writes a task's materialized generators as plain state dicts under the reference's
 file names (latest_net_G.pth; CycleGAN: latest_net_G_A.pth, latest_net_G_B.pth; keys as in the
-reference networks, plus .safetensors twins), or its own direction as TorchScript or ONNX.
+reference networks, plus .safetensors twins), or as TorchScript or ONNX files (CycleGAN: one per
+generator) that carry the task, direction, size and pixel scaling as metadata and take any image
+size the generator can (a multiple of its total downsampling).
 `pbgan import` starts a model from reference generator checkpoints: they become task 1, all
 filters free, so later tasks piggyback on them.
 """
@@ -10,7 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
+import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,14 +38,6 @@ def reference_file(gname: str) -> str:
     """The reference code's file name of a generator: latest_net_G.pth (pix2pix), latest_net_G_A.pth
     (CycleGAN, A -> B) and latest_net_G_B.pth (B -> A)."""
     return f"latest_net_{gname}.pth"
-
-
-def task_generator(store: ModelStore, plugins, name: str) -> tuple[dict[str, Any], torch.nn.Module]:
-    """The task's dense generator for its own direction, on the CPU in eval mode."""
-    from pbgan_core.engine import load_generators
-
-    entry, generators = load_generators(store, plugins, name)
-    return entry, generators[plugins.architectures.get(entry["arch"]).generator_for(entry["direction"])]
 
 
 def state_dict_files(entry: dict[str, Any], generators: dict[str, torch.nn.Module], name: str,
@@ -82,18 +79,12 @@ def export(store: ModelStore, plugins, name: str, fmt: str, out: Path, force: bo
         refuse_inside_model(out, store.root)
         if out.is_dir():
             raise PbganError(f"{out} is a folder; give the path of the file to write")
-        entry, gen = task_generator(store, plugins, name)
-        size = int(entry["options"]["size"])
-        first = next(m for m in gen.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
-        example = torch.rand(1, first.in_channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        buffer = io.BytesIO()
-        with torch.no_grad():
-            if fmt == "torchscript":
-                torch.jit.save(torch.jit.trace(gen, example), buffer)
-            else:
-                torch.onnx.export(gen, (example,), buffer, input_names=["input"], output_names=["output"],
-                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
-        files = [(out, buffer.getvalue())]
+        entry, generators = load_generators(store, plugins, name)
+        arch = plugins.architectures.get(entry["arch"])
+        directions = {arch.generator_for(d): d for d in ("AtoB", "BtoA")}
+        files = [(deployment_path(out, gname, len(generators)),
+                  deployment_bytes(gen, fmt, deployment_metadata(entry, gname, directions.get(gname), gen)))
+                 for gname, gen in generators.items()]
     todo = [(path, data) for path, data in files if not _holds(path, data)]
     for path, _ in todo:
         if path.exists() and not force:
@@ -110,6 +101,73 @@ def export(store: ModelStore, plugins, name: str, fmt: str, out: Path, force: bo
             path.unlink(missing_ok=True)
         raise
     return [path for path, _ in files]
+
+
+def deployment_path(out: Path, gname: str, count: int) -> Path:
+    """OUT for a task's only generator; OUT_G_A.pt and OUT_G_B.pt (say) for each of two."""
+    return out if count == 1 else out.with_name(f"{out.stem}_{gname}{out.suffix}")
+
+
+def downsampling(gen: torch.nn.Module) -> int:
+    """The generator's total downsampling: image sides must be multiples of it."""
+    strides = [m.stride[0] for m in gen.modules() if isinstance(m, torch.nn.Conv2d)]
+    return math.prod(s for s in strides if s > 1)
+
+
+def deployment_metadata(entry: dict[str, Any], gname: str, direction: str | None,
+                        gen: torch.nn.Module) -> dict[str, str]:
+    """What a TorchScript or ONNX file says about itself (string values, as ONNX metadata_props)."""
+    return {"task": entry["name"], "arch": entry["arch"], "generator": gname, "direction": direction or "",
+            "size": str(entry["options"]["size"]), "size_multiple": str(downsampling(gen)),
+            "input": "float32 (N, 3, H, W) RGB, pixel / 127.5 - 1 (range [-1, 1])",
+            "output": "float32 (N, 3, H, W) RGB in [-1, 1]; pixel = (output + 1) * 127.5",
+            "normalization": "[-1, 1]"}
+
+
+def deployment_bytes(gen: torch.nn.Module, fmt: str, meta: dict[str, str]) -> bytes:
+    """The generator traced at its training size as TorchScript (metadata in the extra file
+    pbgan.json) or ONNX (metadata_props), with batch, height and width left free."""
+    size, multiple = int(meta["size"]), int(meta["size_multiple"])
+    first = next(m for m in gen.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
+    example = torch.rand(1, first.in_channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and exporter notes speak of torch internals, not of the file
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(gen, example), buffer, _extra_files={"pbgan.json": json.dumps(meta)})
+            return buffer.getvalue()
+        axes = {0: "batch", 2: f"height_{multiple}k", 3: f"width_{multiple}k"}
+        torch.onnx.export(gen, (example,), buffer, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": axes, "output": axes}, dynamo=False)
+    import onnx
+
+    model = onnx.load_from_string(buffer.getvalue())
+    for key, value in meta.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    return model.SerializeToString()
+
+
+def reference_loader(entry: dict[str, Any], plugins) -> str | None:
+    """How the reference code builds the network that loads the exported .pth (pix2pix and CycleGAN)."""
+    o = plugins.architectures.get(entry["arch"]).generator_options(entry["options"])
+    if entry["arch"] == "pix2pix":
+        dropout = not o["no_dropout"]
+        depth = int(math.log2(int(o["netG"][len("unet_"):])))
+        network = f"UnetGenerator(input_nc=3, output_nc=3, num_downs={depth}, ngf={o['ngf']}, " \
+                  f"norm_layer=get_norm_layer('{o['norm']}'), use_dropout={dropout})"
+    elif entry["arch"] == "cyclegan":
+        dropout = o["dropout"]
+        network = f"ResnetGenerator(input_nc=3, output_nc=3, ngf={o['ngf']}, " \
+                  f"norm_layer=get_norm_layer('{o['norm']}'), use_dropout={dropout}, " \
+                  f"n_blocks={o['netG'][len('resnet_'):-len('blocks')]})"
+    else:
+        return None
+    model, size = "pix2pix" if entry["arch"] == "pix2pix" else "cycle_gan", entry["options"]["size"]
+    flags = (f"--model {model} --netG {o['netG']} --ngf {o['ngf']} --norm {o['norm']}"
+             f"{'' if dropout else ' --no_dropout'} --direction {entry['direction']} --load_size {size} "
+             f"--crop_size {size}")
+    return f"the reference networks.{network}, as test.py builds it with {flags}"
 
 
 def _holds(path: Path, data: bytes) -> bool:
@@ -288,10 +346,11 @@ def register_commands(cli):
     def export_cmd(out: Path = typer.Argument(..., help="state-dict: a folder that gets the reference's files "
                                               "(latest_net_G.pth; CycleGAN: latest_net_G_A.pth and "
                                               "latest_net_G_B.pth) and .safetensors twins; torchscript or "
-                                              "onnx: the output file"),
+                                              "onnx: the output file (CycleGAN: OUT_G_A and OUT_G_B, e.g. "
+                                              "h2z_G_A.onnx for h2z.onnx)"),
                    task: str = typer.Option(..., "--task", help="Which task's generator(s) to export"),
                    fmt: str = typer.Option("state-dict", "--format", help="state-dict, torchscript or onnx "
-                                           "(the task's own direction)"),
+                                           "(CycleGAN: a file per generator, OUT_G_A and OUT_G_B)"),
                    force: bool = typer.Option(False, "--force", help="Replace existing output files"),
                    model_dir: Optional[Path] = model_dir_option) -> None:
         """Write a task's standalone generator(s) for use without pbgan; state dicts load into the
@@ -302,8 +361,12 @@ def register_commands(cli):
         store = ModelStore(model_dir or default_model_dir())
         if not store.exists:
             raise PbganError(f"no pbgan model in {store.root}; train a task first or pass --model-dir")
-        for path in export(store, get_plugins(), task, fmt, out, force):
+        plugins = get_plugins()
+        for path in export(store, plugins, task, fmt, out, force):
             console.print(f"wrote {path}", markup=False)
+        loader = reference_loader(store.task(task), plugins) if fmt == "state-dict" else None
+        if loader:
+            console.print(f"load it into {loader}", markup=False, soft_wrap=True)
 
     @cli.command("import")
     def import_cmd(checkpoints: list[Path] = typer.Argument(..., help="Reference generator checkpoint(s): "

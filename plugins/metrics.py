@@ -1,6 +1,7 @@
 """Image-quality metrics: per-image l1 / psnr / ssim (kornia) and lpips, set-level fid and kid
 (torchmetrics; the Inception network comes from torch-fidelity, LPIPS's backbone from torchvision:
-`pip install "pbgan[metrics]"`).
+install torchvision built for your torch first, then `pip install "pbgan[metrics]" torch-fidelity`;
+`install_command()` spells it out for the installed torch).
 
 Every per-image metric takes ``(pred, target)`` batches in ``[-1, 1]`` and returns a ``(N,)``
 tensor. l1, psnr and ssim map the images to ``[0, 1]`` first (clamped).
@@ -64,10 +65,21 @@ def weights_file(metric: str, configured: str | None, env: str, file: str, flag:
     return path
 
 
+def install_command(torch_version: str | None = None) -> str:
+    """The pip commands that add torchvision built for the installed torch (so pip keeps that torch),
+    then torchmetrics and torch-fidelity, which would otherwise pull the newest torchvision and torch."""
+    release, _, build = (torch_version or torch.__version__).partition("+")
+    major, minor, patch = (release.split(".") + ["0", "0"])[:3]
+    vision = f"torchvision==0.{int(minor) + 15}.{patch}" if major == "2" else "torchvision (the build for your torch)"
+    index = f" --index-url https://download.pytorch.org/whl/{build}" if build else ""  # cpu, cu128, rocm...
+    return f"pip install {vision}{index} && pip install \"pbgan[metrics]\" torch-fidelity"
+
+
 def _import_failed(metric: str, exc: Exception) -> PbganError:
     first = (str(exc).splitlines() or [""])[0]
-    return PbganError(f"{metric} needs torchmetrics, torch-fidelity and torchvision built for this torch "
-                      f"({type(exc).__name__}: {first}); install them with pip install \"pbgan[metrics]\"")
+    return PbganError(f"{metric} needs torchmetrics, torch-fidelity and torchvision built for torch "
+                      f"{torch.__version__} ({type(exc).__name__}: {first}); install them without replacing torch: "
+                      f"{install_command()}")
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, name: str) -> None:
@@ -184,7 +196,7 @@ def require_torch_fidelity(metric: str) -> None:
         import torch_fidelity  # noqa: F401
     except ImportError:
         raise PbganError(f"{metric} needs the torch-fidelity package, which is not installed; install it with "
-                         "pip install \"pbgan[metrics]\" (or pip install torch-fidelity)") from None
+                         f"{install_command()}") from None
 
 
 def inception_features(path: Path) -> InceptionFeatures:

@@ -160,17 +160,19 @@ class PiggybackFactorizer(FilterConvFactorizer):
     options = (
         Option("lambda", 0.25, "with --allocation uniform: share of each layer's filters that are new free "
                "filters in later tasks", above=0, max=1),
-        Option("free-last", True, "keep the generator's output layer fully free (its few filters save little; "
-               "--no-free-last for the paper's setting)"),
-        Option("coef-scale", COEF_SCALE, "learning-rate multiplier of the piggyback coefficients (a reparametrization)",
+        Option("free-last", True, "later tasks learn the generator's output layer as all free filters instead "
+               "of bank combinations (it has only 3 filters, so this costs little; --no-free-last: the paper's setting)"),
+        Option("coef-scale", COEF_SCALE, "the piggyback coefficients are learned divided by this and multiplied back in "
+               "the forward pass, so Adam moves them this many times faster than the filters (1: the paper's setting)",
                above=0),
         Option("mix-free", True, "piggyback filters also combine the task's own free filters, not only the "
                "bank's (adds free x piggyback coefficients per layer)"),
         Option("allocation", "small-free", "where free filters go: small-free (small layers fully free, the others "
                "one common share that fills --budget) or uniform (the --lambda share in every layer, as in the paper)",
                choices=("small-free", "uniform")),
-        Option("budget", BUDGET, "with --allocation small-free: a later task's stored parameters as a share of a "
-               "standalone generator (0: what --lambda in every layer would store)", min=0, max=1),
+        Option("budget", BUDGET, "with --allocation small-free: the parameters each later task stores (free "
+               "filters, coefficients, biases), as a share of one standalone generator (0: what --lambda in every layer "
+               "would store)", min=0, max=1),
         Option("free-init", "fresh", "how a later task's free filters start: fresh (random, at the layer's filter "
                "scale) or copy (the latest task's first filters, which the bank already holds)",
                choices=("fresh", "copy")),

@@ -62,17 +62,20 @@ def build_gan_loss(mode: str) -> nn.Module:
 
 
 GENERATOR_OPTIONS = (
-    Option("ngf", 64, "generator filters in the first layer", min=1),
-    Option("norm", "batch", "normalization layer", choices=("batch", "instance", "none")),
+    Option("ngf", 64, "generator filters in the first layer (later layers have multiples of it)", min=1),
+    Option("norm", "batch", "normalization layer of the generator and discriminators",
+           choices=("batch", "instance", "none")),
     Option("no-dropout", False, "disable dropout in the generator"),
-    Option("init-type", "normal", "weight initialization", choices=("normal", "xavier", "kaiming", "orthogonal")),
+    Option("init-type", "normal", "initial weights: normal (std 0.02, the reference's), xavier, kaiming or "
+           "orthogonal", choices=("normal", "xavier", "kaiming", "orthogonal")),
 )
 DISCRIMINATOR_OPTIONS = (
-    Option("netD", "basic", "discriminator", choices=("basic", "n_layers", "pixel")),
+    Option("netD", "basic", "discriminator: basic (the 70x70 PatchGAN), n_layers (--n-layers-d layers) "
+           "or pixel (1x1 PatchGAN)", choices=("basic", "n_layers", "pixel")),
     Option("ndf", 64, "discriminator filters in the first layer", min=1),
-    Option("n-layers-d", 3, "layers of the n_layers PatchGAN", min=0),
+    Option("n-layers-d", 3, "convolution layers of the discriminator with --netD n_layers", min=0),
     Option("lr", 2e-4, "Adam learning rate (0: the weights stay as they are)", min=0),
-    Option("beta1", 0.5, "Adam beta1", min=0, below=1),
+    Option("beta1", 0.5, "Adam beta1 (momentum of the first moment)", min=0, below=1),
     Option("gp-lambda", 0.0, "weight of the WGAN-GP gradient penalty on the discriminator (0: none, as in the "
            "reference, whose pix2pix and CycleGAN never apply it, --gan-mode wgangp included; the WGAN-GP paper "
            "uses 10)", min=0),
@@ -90,8 +93,9 @@ class Pix2Pix(Architecture):
         Option("upsample", "transpose", "U-Net upsampling: transpose (the reference's transposed convs) or resize "
                "(nearest 2x + 3x3 conv: no checkerboard artifacts)", choices=UPSAMPLING),
         *DISCRIMINATOR_OPTIONS,
-        Option("gan-mode", "vanilla", "adversarial loss (wgangp as in the reference: no gradient "
-               "penalty unless --gp-lambda)", choices=("vanilla", "lsgan", "hinge", "wgangp")),
+        Option("gan-mode", "vanilla", "adversarial loss: vanilla (cross-entropy, pix2pix's), lsgan (least squares, "
+               "CycleGAN's), hinge or wgangp (Wasserstein; as in the reference, no gradient penalty unless "
+               "--gp-lambda)", choices=("vanilla", "lsgan", "hinge", "wgangp")),
         Option("lambda-l1", 100.0, "weight of the L1 loss", min=0),
     )
 

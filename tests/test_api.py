@@ -190,14 +190,12 @@ def test_cli_generate_checks_the_input_before_reading_the_model(cli, model_dir, 
     assert "does not exist" in one_line_error(err)
 
 
-@needs_data(FACADES)
-@needs_data(EDGES2SHOES)
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed")
-def test_the_python_example_trains_two_tasks_and_plots_them(tmp_path):
+def test_the_python_example_trains_three_tasks_and_plots_them(tmp_path):
     script = Path(__file__).resolve().parents[1] / "examples" / "python_api.py"
-    done = subprocess.run([sys.executable, str(script), "--data", str(FACADES.parent), "--out", str(tmp_path),
-                           "--steps", "2"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--steps", "2", "--size", "32",
+                           "--images", "1"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "facades:" in done.stdout and "shoes:" in done.stdout
+    assert all(f"{task}:" in done.stdout for task in ("denoise", "brighten", "negative2photo"))
     with Image.open(tmp_path / "tasks.png") as figure:
-        assert figure.size[0] > figure.size[1]  # the two outputs side by side
+        assert figure.size[1] > figure.size[0]  # a row of condition | output | target per task

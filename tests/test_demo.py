@@ -46,7 +46,7 @@ def test_demo_ends_with_the_report_and_the_follow_up_commands(demo_run, cli):
     report = model / "report" / "index.html"
     assert str(report) in printed and report.is_file()
     page = report.read_text()
-    assert page.index("Samples: condition | output | target") < page.index("after each task")  # samples first
+    assert page.index("columns: condition | output | target") < page.index("after each task")  # samples first
     assert "zero forgetting" in page and "params.png" in page
     for command in ("tasks", "eval", "verify", "report"):
         assert f"pbgan {command} --model-dir {model}" in printed

@@ -135,13 +135,13 @@ def test_report_references_images_that_exist(cli, two_tasks, tmp_path):
     assert "index.html" in printed
     parser = _Sources()
     parser.feed((out / "index.html").read_text())
-    assert {"matrix.png", "params.png", "samples-0001-facades.png", "samples-0002-shoes.png"} <= set(parser.sources)
+    assert {"matrix-ssim.png", "params.png", "samples-0001-facades.png", "samples-0002-shoes.png"} <= set(parser.sources)
     for src in parser.sources:
         assert "/" not in src and (out / src).is_file()  # relative: opens from disk
         with Image.open(out / src) as img:
             img.verify()
-    with Image.open(out / "samples-0001-facades.png") as grid:  # 2 rows of condition | output | target
-        assert grid.size == (3 * 32, 2 * 32)
+    with Image.open(out / "samples-0001-facades.png") as grid:  # labels over 2 rows of condition | output | target
+        assert grid.size == (3 * 128, 22 + 2 * 128)  # 32 px images shown 4x
 
 
 @needs_data(FACADES)

@@ -1,5 +1,6 @@
 """Export to plain formats and import of reference pix2pix generator checkpoints."""
 import importlib.util
+import json
 import os
 import stat
 from pathlib import Path
@@ -12,7 +13,7 @@ from pbgan_core.engine import load_generators
 from pbgan_core.plugins import get_plugins
 from pbgan_core.store import ModelStore
 from pbgan_plugins.networks import UnetGenerator, get_norm_layer
-from tests.conftest import FACADES, TINY, needs_data, one_line_error
+from tests.conftest import EDGES2SHOES, FACADES, TINY, needs_data, one_line_error
 
 pytestmark = needs_data(FACADES)
 
@@ -78,24 +79,112 @@ def test_export_state_dict_matches_reference_layout(cli, tmp_path):
     assert "model.model.1.model.3.model.1.weight" in reference  # reference nesting, not our own naming
 
 
-def test_export_torchscript_runs_without_pbgan(cli, tmp_path):
+def test_export_state_dict_prints_the_reference_network_that_loads_it(cli, tmp_path):
     net, model = imported(cli, tmp_path)
-    cli("export", "--task", "ref", "--format", "torchscript", tmp_path / "G.pt", "--model-dir", model)
-    scripted = torch.jit.load(tmp_path / "G.pt")
-    x = torch.rand(1, 3, 32, 32) * 2 - 1
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=1e-6)
+    _, out, _ = cli("export", "--task", "ref", tmp_path / "out", "--model-dir", model)
+    assert ("UnetGenerator(input_nc=3, output_nc=3, num_downs=5, ngf=8, norm_layer=get_norm_layer('batch'), "
+            "use_dropout=True)") in out
+    assert "--model pix2pix --netG unet_32 --ngf 8 --norm batch --direction BtoA --load_size 32 --crop_size 32" in out
+    reference = UnetGenerator(input_nc=3, output_nc=3, num_downs=5, ngf=8, norm_layer=get_norm_layer("batch"),
+                              use_dropout=True)
+    reference.load_state_dict(torch.load(tmp_path / "out" / "latest_net_G.pth", weights_only=True), strict=True)
 
 
-def test_export_onnx(cli, tmp_path):
+def torchscript_metadata(path: Path) -> tuple[torch.jit.ScriptModule, dict]:
+    extra = {"pbgan.json": ""}
+    module = torch.jit.load(path, _extra_files=extra)
+    return module, json.loads(extra["pbgan.json"])
+
+
+def test_export_torchscript_runs_without_pbgan_at_other_sizes_and_says_what_it_is(cli, tmp_path):
+    net, model = imported(cli, tmp_path)
+    _, _, err = cli("export", "--task", "ref", "--format", "torchscript", tmp_path / "G.pt", "--model-dir", model)
+    assert "warning" not in err.lower()  # tracer notes stay inside
+    scripted, meta = torchscript_metadata(tmp_path / "G.pt")
+    assert meta["task"] == "ref" and meta["direction"] == "BtoA" and meta["size"] == "32"
+    assert meta["size_multiple"] == "32" and meta["normalization"] == "[-1, 1]"
+    for h, w in ((32, 32), (64, 96)):
+        x = torch.rand(2, 3, h, w) * 2 - 1
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=1e-5)
+
+
+needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="the onnx package is not installed")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is not None, reason="onnx is installed")
+def test_export_onnx_without_the_package_says_what_to_install(cli, tmp_path):
     _, model = imported(cli, tmp_path)
-    if importlib.util.find_spec("onnx") is None:
-        _, _, err = cli("export", "--task", "ref", "--format", "onnx", tmp_path / "G.onnx", "--model-dir", model,
-                        expect=1)
-        assert "pip install onnx" in one_line_error(err) and not (tmp_path / "G.onnx").exists()
-    else:
-        cli("export", "--task", "ref", "--format", "onnx", tmp_path / "G.onnx", "--model-dir", model)
-        assert (tmp_path / "G.onnx").stat().st_size > 0
+    _, _, err = cli("export", "--task", "ref", "--format", "onnx", tmp_path / "G.onnx", "--model-dir", model, expect=1)
+    assert "pip install onnx" in one_line_error(err) and not (tmp_path / "G.onnx").exists()
+
+
+@needs_onnx
+def test_export_onnx_carries_metadata_and_free_image_sizes(cli, tmp_path):
+    import onnx
+
+    net, model = imported(cli, tmp_path)
+    _, _, err = cli("export", "--task", "ref", "--format", "onnx", tmp_path / "G.onnx", "--model-dir", model)
+    assert "warning" not in err.lower()
+    exported = onnx.load(tmp_path / "G.onnx")
+    meta = {p.key: p.value for p in exported.metadata_props}
+    assert meta["task"] == "ref" and meta["direction"] == "BtoA" and meta["size"] == "32"
+    assert meta["normalization"] == "[-1, 1]" and meta["size_multiple"] == "32"
+    dims = exported.graph.input[0].type.tensor_type.shape.dim
+    assert dims[1].dim_value == 3 and all(d.dim_param for d in (dims[0], dims[2], dims[3]))
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(tmp_path / "G.onnx"))
+        x = torch.rand(1, 3, 64, 96) * 2 - 1
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), net(x),
+                                       rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def cyclegan_model(tmp_path_factory):
+    from pbgan_core.cli import main
+
+    from .test_cyclegan import SMALL, make_unpaired
+
+    root = tmp_path_factory.mktemp("cyc")
+    data = make_unpaired(root / "data", train=4, test=2, size=32)
+    assert main(["train", "--arch", "cyclegan", "--task", "e2s", "--data", str(data), "--steps", "1",
+                 "--model-dir", str(root / "m"), *SMALL]) == 0
+    return root / "m"
+
+
+@needs_data(EDGES2SHOES)
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_cyclegan_exports_both_generators(cli, tmp_path, cyclegan_model, fmt):
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        pytest.skip("the onnx package is not installed")
+    suffix = ".pt" if fmt == "torchscript" else ".onnx"
+    _, out, _ = cli("export", "--task", "e2s", "--format", fmt, tmp_path / f"e2s{suffix}", "--model-dir",
+                    cyclegan_model)
+    _, gens = load_generators(ModelStore(cyclegan_model), get_plugins(), "e2s")
+    for gname, direction in (("G_A", "AtoB"), ("G_B", "BtoA")):
+        path = tmp_path / f"e2s_{gname}{suffix}"
+        assert str(path) in out
+        if fmt == "torchscript":
+            scripted, meta = torchscript_metadata(path)
+            x = torch.rand(1, 3, 36, 44) * 2 - 1  # any multiple of 4
+            with torch.no_grad():
+                torch.testing.assert_close(scripted(x), gens[gname](x), rtol=0, atol=1e-5)
+        else:
+            import onnx
+
+            meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+        assert (meta["generator"], meta["direction"], meta["size_multiple"]) == (gname, direction, "4")
+
+
+@needs_data(EDGES2SHOES)
+def test_cyclegan_state_dict_export_prints_the_resnet(cli, tmp_path, cyclegan_model):
+    _, out, _ = cli("export", "--task", "e2s", tmp_path / "out", "--model-dir", cyclegan_model)
+    assert ("ResnetGenerator(input_nc=3, output_nc=3, ngf=8, norm_layer=get_norm_layer('instance'), "
+            "use_dropout=False, n_blocks=6)") in out
+    assert "--model cycle_gan --netG resnet_6blocks" in out
 
 
 @pytest.mark.parametrize("content, message", [

@@ -3,6 +3,7 @@ stand-in feature extractor; lpips and the real Inception only where their weight
 import importlib
 import importlib.util
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -141,6 +142,19 @@ def test_lpips_without_a_loadable_torchvision_is_one_line(tmp_path):
     M.configure(lpips_weights=weights)
     with pytest.raises(PbganError, match=r'lpips needs torchmetrics, torch-fidelity and torchvision .*pbgan\[metrics\]'):
         M.lpips(images(), images())
+    with pytest.raises(PbganError, match=re.escape(M.install_command())):
+        M.lpips(images(), images())
+
+
+@pytest.mark.parametrize("version, command", [
+    ("2.13.0+cpu", "pip install torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu && "
+                   "pip install \"pbgan[metrics]\" torch-fidelity"),
+    ("2.13.0+cu128", "pip install torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cu128"),
+    ("2.13.0", "pip install torchvision==0.28.0 && "),
+    ("2.12.1", "torchvision==0.27.1 && "),
+])
+def test_install_command_keeps_the_installed_torch(version, command):
+    assert command in M.install_command(version)
 
 
 @pytest.mark.skipif(not _loads("torchvision") or not _loads("torchmetrics"),

@@ -61,15 +61,15 @@ def test_report_renders_in_headless_chromium(two_tasks, tmp_path):  # noqa: F811
     found = probe(probe_page)
 
     sources = {img["src"] for img in found["images"]}
-    assert {"matrix.png", "params.png"} <= sources
-    assert {f"condition, output and target of {name}" for name in ("facades", "shoes")} <= {img["alt"] for img in found["images"]}
+    assert {"matrix-ssim.png", "params.png"} <= sources
+    assert {f"condition, output, target of {name}" for name in ("facades", "shoes")} <= {img["alt"] for img in found["images"]}
     for img in found["images"]:
         assert img["loaded"], f"{img['src']} did not load"
         assert img["shown"][0] > 0 and img["shown"][1] > 0, f"{img['src']} takes no room on the page"
-    heatmap = next(img for img in found["images"] if img["src"] == "matrix.png")
+    heatmap = next(img for img in found["images"] if img["src"] == "matrix-ssim.png")
     assert heatmap["natural"][0] > 100 and heatmap["natural"][1] > 60
-    strips = [img for img in found["images"] if img["alt"].startswith("condition, output and target of")]
-    assert all(img["natural"][0] == 3 * 32 and img["natural"][1] == 2 * 32 for img in strips)  # cond | out | target
+    strips = [img for img in found["images"] if img["alt"].startswith("condition, output, target of")]
+    assert all(img["natural"] == [3 * 128, 22 + 2 * 128] for img in strips)  # labelled cond | out | target, 4x
     assert len(found["tables"]) >= 2
     assert all(t["rows"] >= 2 and t["shown"][0] > 0 and t["shown"][1] > 0 for t in found["tables"])
     assert "Test-time protocol: eval" in found["protocol"]
