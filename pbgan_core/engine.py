@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from . import __version__, distributed
 from .batchnorm import has_batchnorm, recompute_batchnorm, spread_indices
 from .checkpoint import (DeferredInterrupt, checkpoint_path, load_checkpoint, remove_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
+from .atomic import sha256_bytes
 from .errors import PbganError
 from .interfaces import Architecture
 from .options import Option, defaults
@@ -553,10 +554,40 @@ def evaluate_all(store: ModelStore, plugins: Plugins, after: str,
     row of the task-by-stage matrix with the test-time protocol they were measured under.
     Inside a transaction."""
     upto = store.task(after)["index"]
-    row = {e["name"]: evaluate_task(store, plugins, e["name"], as_of=after, protocol=protocol)
+    carried = _unchanged_scores(store, plugins, store.tasks[:upto], protocol)
+    row = {e["name"]: carried.get(e["name"]) or evaluate_task(store, plugins, e["name"], as_of=after, protocol=protocol)
            for e in store.tasks[:upto]}
     store.record_stage(after, row, protocol)
     return row
+
+
+def _unchanged_scores(store: ModelStore, plugins: Plugins, upto: Sequence[Mapping[str, Any]],
+                      protocol: str) -> dict[str, dict[str, float]]:
+    """Scores of the stage before the last task in `upto` that cannot have changed since: tasks of a
+    factorizer that keeps old tasks compute from their own files and a bank prefix, all written once,
+    so their outputs are the previous stage's. Their files' hashes are checked instead of scoring
+    them again, which keeps a whole sequence linear in the task count."""
+    if len(upto) < 2:
+        return {}
+    before = next((s for s in store.manifest.get("stages", []) if s["after"] == upto[-2]["name"]), None)
+    if before is None or before.get("protocol", DEFAULT_PROTOCOL) != protocol:
+        return {}
+    carried = {}
+    for entry in upto[:-1]:
+        scores = before["metrics"].get(entry["name"])
+        if not scores or not plugins.factorizers.get(entry["factorizer"]).keeps_old_tasks:
+            continue
+        files = ((entry["file"], entry.get("sha256")), (entry["bank_file"], entry.get("bank_sha256")))
+        if all(sha and _file_sha256(store.root / rel) == sha for rel, sha in files):
+            carried[entry["name"]] = dict(scores)  # else: scored again, which names what is wrong
+    return carried
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return sha256_bytes(path.read_bytes())
+    except OSError:
+        return None
 
 
 def record_missing_stages(store: ModelStore, plugins: Plugins) -> list[str]:
