@@ -2,6 +2,7 @@
 
     python benchmarks/long_sequence.py computed [--tasks 100] [--at 2 5 10 25 50 75 100]
     python benchmarks/long_sequence.py run [--tasks 12] [--size 32] [--ngf 16] [--steps 50] [--at 2 5 10]
+                                           [--quality-at 2 10] [--bank-limit F]
 
 `computed`: from layer shapes alone (meta tensors, the factorizer's own wrap/split/stored_parameters),
 per generator and piggyback setting: a task's stored parameters / standalone, the free share of
@@ -10,7 +11,10 @@ the largest layer, the bank / standalone, and the first t the setting refuses to
 `run`: a real sequence on ../shared/data (real tasks interleaved with derived ones), per t: stored
 ratio, largest layer's free share, bank size, a training step of task t's generator against a
 plain generator step measured in turns in the same run, loading task t (cold: a new store),
-its first, unmaterialized use against a dense forward, and verifying task t alone.
+its first, unmaterialized use against a dense forward, and verifying the first t tasks. At the
+--quality-at points it also trains the warm full copy of task t (task t-1's generator, exported and
+imported into a model of its own, fine-tuned on task t with the same steps and seed) and prints
+task t's SSIM and PSNR as ratios to it.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from pbgan_core.cli import main as pbgan
 from pbgan_core.engine import TrainRequest, load_generators, train_task
 from pbgan_core.errors import PbganError
 from pbgan_core.plugins import get_plugins
@@ -32,7 +37,8 @@ from pbgan_plugins.verify import verify_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GENERATORS = {"32 px, ngf 16": (32, 16), "64 px, ngf 32": (64, 32), "unet_128": (128, 64), "unet_256": (256, 64)}
-SETTINGS = {"defaults": {}, "paper": {"allocation": "uniform", "free_last": False, "mix_free": False}}
+SETTINGS = {"defaults": {}, "bank-limit 1": {"bank_limit": 1.0},
+            "paper": {"allocation": "uniform", "free_last": False, "mix_free": False}}
 
 
 def unet(size: int, ngf: int) -> torch.nn.Module:
@@ -139,23 +145,42 @@ def step_ratio(store: ModelStore, name: str, size: int, ngf: int, repeat: int) -
     return statistics.median(times["piggy"]) / statistics.median(times["plain"])
 
 
+def request(args, spec: dict, model: Path, factorizer: str = "piggyback", **options) -> TrainRequest:
+    options = {"ngf": args.ngf, "ndf": args.ngf, "max_images": args.max_images, "eval_images": args.eval_images,
+               **spec["extra"], **options}
+    if factorizer == "piggyback" and args.bank_limit is not None:
+        options["bank_limit"] = args.bank_limit
+    return TrainRequest(arch="pix2pix", task=spec["task"], data=spec["data"], model_dir=model,
+                        direction=spec["direction"], size=args.size, steps=args.steps, dataset=spec["dataset"],
+                        factorizer=factorizer, device="cpu", seed=0, extra=options)
+
+
+def warm_copy_ratios(args, spec: dict, previous: dict, model: Path, root: Path, mine: dict) -> str:
+    """Task t as a warm full copy of task t-1's generator: ratios of task t's SSIM and PSNR to it."""
+    folder = root / f"warm-{spec['task']}"
+    assert pbgan(["export", "--task", previous["task"], "--model-dir", str(model), str(folder / "export")]) == 0
+    assert pbgan(["import", "--arch", "pix2pix", "--task", previous["task"], "--direction", previous["direction"],
+                  "--data", str(previous["data"]), "--model-dir", str(folder / "model"),
+                  str(folder / "export" / "latest_net_G.pth")]) == 0
+    warm = train_task(request(args, spec, folder / "model", "standalone", init="warm"), get_plugins())
+    return " / ".join(f"{mine[m] / warm['metrics'][m]:.3f}" for m in ("ssim", "psnr"))
+
+
 def run(args) -> None:
     plugins = get_plugins()
     root = Path(args.out or tempfile.mkdtemp(prefix="pbgan-long-"))
     model = root / "model"
     at = set(args.at)
     print("| t | stored | free (largest) | bank / standalone | step / plain | load s | first use / dense | "
-          "verify t tasks s |\n|---|---|---|---|---|---|---|---|", flush=True)
+          "verify t tasks s | SSIM / PSNR to warm copy |\n|---|---|---|---|---|---|---|---|---|", flush=True)
+    previous = None
     for spec in task_sequence(args.tasks):
-        request = TrainRequest(arch="pix2pix", task=spec["task"], data=spec["data"], model_dir=model,
-                               direction=spec["direction"], size=args.size, steps=args.steps,
-                               dataset=spec["dataset"], device="cpu", seed=0,
-                               extra={"ngf": args.ngf, "ndf": args.ngf, "max_images": args.max_images,
-                                      "eval_images": args.eval_images, **spec["extra"]})
-        entry = train_task(request, plugins)
-        t = entry["index"]
-        if t not in at:
+        entry = train_task(request(args, spec, model), plugins)
+        t, before, previous = entry["index"], previous, spec
+        if t not in at and t not in args.quality_at:
             continue
+        quality = (warm_copy_ratios(args, spec, before, model, root, entry["metrics"])
+                   if t in args.quality_at and before else "-")
         store = ModelStore(model)
         params = entry["params"]
         bank = store.load_bank()
@@ -173,7 +198,7 @@ def run(args) -> None:
         print(f"| {t} | {params['stored'] / params['standalone']:.3f} | {big.free_count / big.out_filters:.3f} | "
               f"{bank.size() / params['standalone']:.2f} | "
               f"{step_ratio(store, entry['name'], args.size, args.ngf, args.repeat):.2f} | {load:.2f} | "
-              f"{first_use / dense_forward:.2f} | {verify:.1f} |", flush=True)
+              f"{first_use / dense_forward:.2f} | {verify:.1f} | {quality} |", flush=True)
     print(f"\nmodel: {model}")
 
 
@@ -192,6 +217,8 @@ def main() -> None:
     real.add_argument("--max-images", type=int, default=64)
     real.add_argument("--eval-images", type=int, default=8)
     real.add_argument("--repeat", type=int, default=5)
+    real.add_argument("--quality-at", type=int, nargs="*", default=[])
+    real.add_argument("--bank-limit", type=float, default=None, help="piggyback --bank-limit (default: its default)")
     real.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)

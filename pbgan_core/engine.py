@@ -139,6 +139,18 @@ def load_generators(store: ModelStore, plugins: Plugins, name: str, device: torc
     return entry, generators
 
 
+def latest_task_state(store: ModelStore, factorizer, generators: Mapping[str, nn.Module]) -> dict[str, dict]:
+    """Per generator, `{"previous": {"state": ..., "options": ...}}` of the model's latest task, for a
+    factorizer that builds a later task from it (`uses_previous_task`); else empty."""
+    if not (store.tasks and getattr(factorizer, "uses_previous_task", False)):
+        return {}
+    entry, tensors, new_filters, _ = store.load_task(store.tasks[-1]["name"])
+    if entry["factorizer"] != factorizer.name:
+        return {}
+    return {g: {"previous": {"state": factorizer.join(_prefixed(tensors, g), _prefixed(new_filters, g)),
+                             "options": stored_options(entry)}} for g in generators}
+
+
 def _stored_generator(store: ModelStore, entry: Mapping[str, Any], gname: str, bank: dict[str, torch.Tensor],
                       state: dict[str, torch.Tensor], plugins: Plugins, assign: bool) -> nn.Module:
     """One wrapped generator holding a task's stored values: copied into fresh memory, or (`assign`)
@@ -376,8 +388,9 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
                 for gname, gen in generators.items():
                     gen.load_state_dict(previous[gname].state_dict())
         bank = store.load_bank()
+        previous = latest_task_state(store, factorizer, generators)
         for gname, gen in generators.items():
-            factorizer.wrap(gen, bank.prefix(len(bank), gname), opts)
+            factorizer.wrap(gen, bank.prefix(len(bank), gname), opts, **previous.get(gname, {}))
             gen.to(device).train()
         trainer = arch.build_trainer(generators, opts, device, total)
         if req.precision == "fp16":
