@@ -47,6 +47,8 @@ OPTIONS_ADDED = {
     2: {"coef_scale": 1.0, "free_init": "copy", "free_last": False, "mix_free": False, "allocation": "uniform"},
     # piggyback --allocation small-free before format 3 stored what --lambda in every layer would
     3: {"budget": 0.0},
+    # piggyback before format 4 combined the whole bank
+    4: {"bank_limit": 0.0},
 }
 MODEL_DIR_ENV = "PBGAN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "pbgan-model"

@@ -45,7 +45,8 @@ class PiggybackConv(FilterConv):
     """Free filters plus piggyback filters `coef.T @ bank`, filter-major: (C, c_in, k, k)."""
 
     def __init__(self, base: nn.Module, bank: torch.Tensor | None, lam: float, initialize: bool = True,
-                 coef_scale: float = 1.0, free_init: str = "copy", mix_free: bool = False):
+                 coef_scale: float = 1.0, free_init: str = "copy", mix_free: bool = False,
+                 rows: torch.Tensor | None = None):
         super().__init__(base)
         filters = filters_of(base)
         # The parameter holds coefficients / coef_scale: Adam moves every parameter by about its
@@ -67,15 +68,37 @@ class PiggybackConv(FilterConv):
             if bank.shape[1:] != filters.shape[1:]:
                 raise PbganError(f"bank filters of shape {tuple(bank.shape[1:])} do not fit a layer with filters "
                                  f"{tuple(filters.shape[1:])}: the generator differs from the one this bank was built for")
-            self.register_buffer("bank", bank.detach(), persistent=False)
-            rows = bank.shape[0] + (self.free_count if self.mix_free else 0)
-            coef = torch.zeros(rows, piggy, dtype=filters.dtype, device=filters.device)
+            # rows: the bank filters this task combines (--bank-limit), stored with the task; the
+            # whole bank when None
+            self._whole_bank = bank.detach()
+            if rows is not None:
+                self.register_buffer("rows", rows.to(torch.long))
+                self.register_load_state_dict_post_hook(lambda module, keys: module._select_rows())
+            else:
+                self.rows = None
+            self.register_buffer("bank", self._chosen(), persistent=False)
+            basis = self.bank.shape[0] + (self.free_count if self.mix_free else 0)
+            coef = torch.zeros(basis, piggy, dtype=filters.dtype, device=filters.device)
             if initialize:
-                coef[: bank.shape[0]] = self._fit_coefficients(bank, filters[self.free_count:]) / coef_scale
+                coef[: self.bank.shape[0]] = self._fit_coefficients(self.bank, filters[self.free_count:]) / coef_scale
             self.coef = nn.Parameter(coef)
         else:
             self.bank = None
             self.coef = None
+            self.rows = None
+
+    def _chosen(self) -> torch.Tensor:
+        whole = self._whole_bank
+        return whole if self.rows is None else whole.index_select(0, self.rows.to(whole.device))
+
+    def _select_rows(self) -> None:
+        """After loading a stored task: take the bank rows its file names."""
+        if self.rows.is_meta or self._whole_bank.is_meta:
+            return
+        if int(self.rows.min()) < 0 or int(self.rows.max()) >= self._whole_bank.shape[0]:
+            raise PbganError(f"a stored task names bank filters the bank does not hold (rows up to "
+                             f"{int(self.rows.max())}, bank {self._whole_bank.shape[0]}): the file is damaged")
+        self.bank = self._chosen().to(self.bank.device)
 
     @staticmethod
     def _fit_coefficients(bank: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -142,6 +165,40 @@ class PiggybackConv(FilterConv):
         return f"filters={self.out_filters}, free={self.free_count}, bank={n}, mix_free={self.mix_free}"
 
 
+def bank_limit(filters: int, limit: float) -> int | None:
+    """Most bank filters a layer of `filters` filters combines at --bank-limit `limit` (None: all)."""
+    return math.ceil(limit * filters) if limit > 0 else None
+
+
+def choose_rows(bank: torch.Tensor, limit: int, previous: Mapping[str, torch.Tensor] | None,
+                previous_scale: float) -> torch.Tensor:
+    """The `limit` bank rows a later task combines (ascending).
+
+    The latest task's filters are what a warm-started task starts from. They are combinations of
+    the rows that task combined and of its own free filters, which are the bank's last rows now;
+    the rows kept are those carrying most of them (coefficient row norm times filter norm), so the
+    cost of choosing, like the task itself, does not grow with the bank. Without the latest task's
+    coefficients (it was the first task, or another factorizer's), the newest rows are kept."""
+    n = bank.shape[0]
+    if previous is None or previous.get("coef") is None:
+        return torch.arange(n - limit, n)
+    free = previous["free"].shape[0]
+    coef = previous["coef"].detach().double() * previous_scale
+    before = previous["rows"] if previous.get("rows") is not None else torch.arange(n - free)
+    mixed = coef.shape[0] == len(before) + free
+    candidates = torch.cat([before.to(torch.long), torch.arange(n - free, n)])
+    weight = torch.zeros(len(candidates), dtype=torch.float64)
+    weight[: len(before)] = coef[: len(before)].norm(dim=1)
+    # a free filter is itself one of the latest task's filters, and may also be mixed
+    weight[len(before):] = (1 + (coef[len(before):].norm(dim=1) ** 2 if mixed else 0)) ** 0.5
+    weight *= bank.index_select(0, candidates).flatten(1).double().norm(dim=1)
+    chosen = candidates[torch.argsort(weight, descending=True, stable=True)[:limit]]
+    if len(chosen) < limit:  # the latest task combined fewer rows (a smaller limit): add the newest others
+        others = torch.tensor([i for i in range(n - 1, -1, -1) if i not in set(chosen.tolist())], dtype=torch.long)
+        chosen = torch.cat([chosen, others[: limit - len(chosen)]])
+    return chosen.sort().values
+
+
 class PiggybackConv2d(PiggybackConv):
     """Wraps an nn.Conv2d."""
 
@@ -173,13 +230,21 @@ class PiggybackFactorizer(FilterConvFactorizer):
         Option("budget", BUDGET, "with --allocation small-free: the parameters each later task stores (free "
                "filters, coefficients, biases), as a share of one standalone generator (0: what --lambda in every layer "
                "would store)", min=0, max=1),
+        Option("bank-limit", 0.0, "most bank filters a later task's layer combines, as a multiple of the layer's "
+               "filter count (chosen from those the latest task used and its free filters, and stored with the "
+               "task); 0: the whole bank, whose size grows with every task", min=0),
         Option("free-init", "fresh", "how a later task's free filters start: fresh (random, at the layer's filter "
                "scale) or copy (the latest task's first filters, which the bank already holds)",
                choices=("fresh", "copy")),
     )
 
+    # a later task's bank rows depend on the latest task's coefficients (--bank-limit)
+    uses_previous_task = True
+
     def wrap(self, generator: nn.Module, bank: dict[str, torch.Tensor], opts: Mapping[str, Any],
-             initialize: bool = True) -> nn.Module:
+             initialize: bool = True, previous: Mapping[str, Any] | None = None) -> nn.Module:
+        """`previous`: the latest task's wrapped state dict ("state") and options ("options"), from
+        which a later task under --bank-limit chooses the bank rows it combines."""
         opts = {**{o.key: o.default for o in self.options}, **opts}
         lam = float(opts["lambda"])
         if not 0.0 < lam <= 1.0:
@@ -195,28 +260,43 @@ class PiggybackFactorizer(FilterConvFactorizer):
                              "use the same generator (architecture, --netG, --ngf, --norm) as the first task")
 
         mix_free = bool(opts["mix_free"])
+        limit = float(opts.get("bank_limit", 0.0))
+        if limit < 0:
+            raise PbganError(f"--bank-limit must be 0 (the whole bank) or positive, got {limit}")
+        limits = {path: bank_limit(filters_of(conv).shape[0], limit) for path, conv in iter_convs(generator)}
+        # the bank rows each layer combines: all, or at most its limit
+        counts = {path: min(len(filters), limits[path] or len(filters)) for path, filters in bank.items()}
         shares = {path: lam for path in convs}
         if bank and opts["allocation"] != "uniform":
-            shares = budget_shares(generator, bank, lam, float(opts["budget"]), mix_free, {last} if free_last else set())
+            shares = budget_shares(generator, counts, lam, float(opts["budget"]), mix_free,
+                                   {last} if free_last else set())
+        state = (previous or {}).get("state") or {}
+        previous_scale = float((previous or {}).get("options", {}).get("coef_scale", 1.0))
 
         def make(path: str, conv: nn.Module) -> nn.Module:
             layer_bank = bank.get(path)
             if (path == last and free_last) or shares[path] >= 1.0:
                 layer_bank = None
+            rows = None
+            if layer_bank is not None and counts[path] < len(layer_bank):
+                mine = {k[len(path) + 1:]: v for k, v in state.items() if k.startswith(f"{path}.")}
+                rows = (choose_rows(layer_bank, counts[path], mine or None, previous_scale) if initialize
+                        else torch.zeros(counts[path], dtype=torch.long))  # the stored rows replace these
             return WRAPPERS[type(conv)](conv, layer_bank, shares[path] if layer_bank is not None else 1.0, initialize,
                                         coef_scale, str(opts["free_init"]),
-                                        mix_free)
+                                        mix_free, rows)
 
         replace_modules(generator, lambda p, m: type(m) in WRAPPERS, make)
         return generator
 
 
-def budget_shares(generator: nn.Module, bank: Mapping[str, torch.Tensor], lam: float, budget: float,
+def budget_shares(generator: nn.Module, bank: Mapping[str, int], lam: float, budget: float,
                   mix_free: bool, free: Collection[str] = ()) -> dict[str, float]:
     """--allocation small-free: each layer's share of free filters. The task stores `budget` of the
     standalone generator's parameters (its biases and normalization layers included), or, with
-    budget 0, as many filter weights as `lam` in every layer would. Layers in `free` are fully free."""
-    sizes = {path: (*filters_of(conv).flatten(1).shape, bank[path].shape[0]) for path, conv in iter_convs(generator)}
+    budget 0, as many filter weights as `lam` in every layer would. Layers in `free` are fully free.
+    `bank`: layer -> the number of bank filters it combines."""
+    sizes = {path: (*filters_of(conv).flatten(1).shape, bank[path]) for path, conv in iter_convs(generator)}
     if not budget:
         return free_shares(sizes, sum(layer_cost(size, lam, mix_free) for size in sizes.values()), mix_free, free)
     if not 0.0 < budget <= 1.0:

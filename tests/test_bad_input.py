@@ -251,7 +251,7 @@ def task_name_a_number(tmp, model):
 
 def format_as_text(tmp, model):
     edit_manifest(model, lambda m: m.update(format="1"))
-    return ["tasks", "--model-dir", model], "field 'format' must be a whole number such as 3, got \"1\""
+    return ["tasks", "--model-dir", model], "field 'format' must be a whole number such as 4, got \"1\""
 
 
 def task_file_outside_the_model(tmp, model):

@@ -1,0 +1,84 @@
+"""--bank-limit: a later task combines a bounded number of bank filters, so its cost stays flat."""
+import pytest
+import torch
+
+from pbgan_core.cli import main
+from pbgan_core.engine import load_generators
+from pbgan_core.plugins import get_plugins
+from pbgan_core.store import ModelStore
+from pbgan_plugins.networks import build_generator
+from pbgan_plugins.piggyback import PiggybackConv, PiggybackFactorizer, choose_rows
+
+from .conftest import FACADES, TINY, needs_data
+
+
+def generator():
+    return build_generator("auto", 3, 3, ngf=8, size=32)
+
+
+def grown_sequence(tasks, opts):
+    """Wrap tasks 1..`tasks` from shapes as training does; the stored ratio and basis of each."""
+    fac = PiggybackFactorizer()
+    standalone = sum(p.numel() for p in generator().parameters())
+    first = fac.wrap(generator(), {}, opts)
+    bank, previous, rows = fac.split(first)[1], None, []
+    for _ in range(2, tasks + 1):
+        torch.manual_seed(0)
+        gen = fac.wrap(generator(), bank, opts, previous=previous)
+        for m in gen.modules():  # trained coefficients: not all zero
+            if isinstance(m, PiggybackConv) and m.coef is not None:
+                torch.nn.init.normal_(m.coef)
+        kept, added = fac.split(gen)
+        biggest = max((m for m in gen.modules() if isinstance(m, PiggybackConv) and m.coef is not None),
+                      key=lambda m: m.out_filters * m.bank[0].numel())
+        rows.append((fac.stored_parameters(gen) / standalone, biggest.bank.shape[0], biggest.coef.shape[0]))
+        previous = {"state": fac.join(kept, added), "options": opts}
+        bank = {k: torch.cat([bank[k], v]) for k, v in added.items()}
+    return rows
+
+
+def test_a_bounded_task_costs_the_same_however_large_the_bank_grows():
+    bounded = grown_sequence(8, {"bank_limit": 1.0})
+    whole = grown_sequence(8, {})
+    # the whole bank: every task combines more filters with fewer free ones
+    assert whole[-1][1] > whole[0][1]
+    # bounded: the same basis, coefficients and stored share at task 2 and task 8
+    assert bounded[0][1] == bounded[-1][1] and bounded[0][2] == bounded[-1][2]
+    assert all(r[0] == pytest.approx(bounded[0][0]) for r in bounded)
+    assert bounded[0][0] <= 0.3
+
+
+def test_rows_kept_are_those_the_latest_task_used_most():
+    bank = torch.eye(36)[:10].view(10, 4, 3, 3)  # filters of norm 1 each
+    # the latest task combined rows 0-5 (weights by row) and added free rows 8, 9
+    previous = {"rows": torch.tensor([0, 1, 2, 3, 4, 5]), "free": torch.zeros(2, 4, 3, 3),
+                "coef": torch.tensor([[5.0], [0.0], [3.0], [0.01], [4.0], [2.0]])}
+    chosen = choose_rows(bank, 5, previous, 1.0)
+    # weights 5, 4, 3, 2 for rows 0, 4, 2, 5; 1 for each free row (8 first on a tie); 0.01 and 0 dropped
+    assert chosen.tolist() == [0, 2, 4, 5, 8]
+    # without the latest task's coefficients: the newest rows
+    assert choose_rows(bank, 3, None, 1.0).tolist() == [7, 8, 9]
+
+
+@needs_data(FACADES)
+def test_a_bounded_sequence_stores_its_rows_and_reloads_exactly(tmp_path):
+    model = tmp_path / "m"
+    outputs = {}
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    for task in ("one", "two", "three", "four"):
+        assert main(["train", "--arch", "pix2pix", "--task", task, "--model-dir", str(model), "--data", str(FACADES),
+                     "--direction", "BtoA", "--steps", "2", "--bank-limit", "1", *TINY]) == 0
+        _, gens = load_generators(ModelStore(model), get_plugins(), task)
+        with torch.no_grad():
+            outputs[task] = gens["G"](x)
+    store = ModelStore(model)
+    _, tensors, _, _ = store.load_task("four")
+    assert any(k.endswith(".rows") for k in tensors)  # the rows each layer combined travel with the task
+    ratios = [t["params"]["stored"] / t["params"]["standalone"] for t in store.tasks[1:]]
+    assert max(ratios) - min(ratios) < 0.01
+    for task, before in outputs.items():  # earlier tasks unchanged; unmaterialized equals materialized
+        _, dense = load_generators(ModelStore(model), get_plugins(), task)
+        _, lazy = load_generators(ModelStore(model), get_plugins(), task, materialize=False)
+        with torch.no_grad():
+            assert torch.equal(dense["G"](x), before)
+            assert torch.allclose(lazy["G"](x), before, atol=1e-5)
