@@ -139,7 +139,7 @@ def build_app() -> typer.Typer:
 
         exp = load_experiment(experiment)
         results = run_experiment(exp, progress=training_progress)
-        console.print(comparison_table(results))
+        console.print(comparison_table(results, console.width))
         stem = exp.results_stem
         console.print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.json')}; reports: "
                       + ", ".join(r["report"] for r in results["runs"]), markup=False)

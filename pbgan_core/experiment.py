@@ -317,24 +317,34 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def comparison_table(results: Mapping[str, Any]):
-    """The comparison as a rich table: mean±spread over seeds."""
+def comparison_table(results: Mapping[str, Any], width: int = 120):
+    """The comparison as a rich table: mean ±standard deviation over seeds, one section per method.
+    Under 110 columns each spread and header word takes a line of its own, so that every number
+    stays whole down to 80 columns."""
     from rich.table import Table
 
+    sep = " " if width >= 110 else "\n"
     with_base = results["baseline"] is not None
     seeds = max(r["seeds"] for r in results["rows"])
-    table = Table(title=f"every task after the last one, mean±spread over {seeds} seed(s)"
-                  + (f"; ratios to {BASELINE}, the warm full copy" if with_base else ""))
+    table = Table(title=f"every task after the last one, mean ±sd over {seeds} seed(s)"
+                  + (f"; ratios to {BASELINE}, the warm full copy (l1: lower is better)" if with_base else ""))
     shown = ("psnr", "ssim") if with_base else METRICS
-    for col in ("method", "task", *shown, *(f"{m} ratio" for m in METRICS if with_base),
+    table.add_column("method / task", overflow="fold")
+    for col in (*shown, *(f"{m} ratio" for m in METRICS if with_base),
                 f"params x {'warm copy' if with_base else 'standalone'}"):
-        table.add_column(col, justify="left" if col in ("method", "task") else "right")
+        table.add_column(col.replace(" ", sep), justify="right")
 
     def cell(mean, sd, digits):
-        return "-" if mean is None else f"{mean:.{digits}f}±{sd:.{digits}f}"
+        return "-" if mean is None else f"{mean:.{digits}f}{sep}±{sd:.{digits}f}"
 
+    method = None
     for r in results["rows"]:
-        table.add_row(r["method"], r["task"], *[cell(r[m], r[f"{m}_sd"], 1 if m == "psnr" else 3) for m in shown],
+        if r["method"] != method:
+            if method is not None:
+                table.add_section()
+            method = r["method"]
+            table.add_row(method, style="bold")
+        table.add_row(f"  {r['task']}", *[cell(r[m], r[f"{m}_sd"], 1 if m == "psnr" else 3) for m in shown],
                       *[cell(r[f"{m}_ratio"], r[f"{m}_ratio_sd"], 3) for m in METRICS if with_base],
                       f"{r['stored_ratio']:.3f}")
     return table

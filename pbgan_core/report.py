@@ -263,7 +263,8 @@ def draw_loss_curves(task: str, steps: list[dict[str, Any]]) -> Figure:
     names = list(dict.fromkeys(k for s in steps for k in s["losses"]))
     panel_h, left, right, top = 120, 70, 620, 30
     fig = Figure(right + 20, top + panel_h * len(names) + 30)
-    fig.text(8, 6, f"{task}: training losses by optimizer step ({len(steps)} steps recorded)")
+    total = steps[-1].get("total", steps[-1]["step"])  # the log holds every --log-every'th step, not all
+    fig.text(8, 6, f"{task}: training losses by optimizer step (logged at {len(steps)} of its {total} steps)")
     x_lo, x_hi = steps[0]["step"], max(steps[-1]["step"], steps[0]["step"] + 1)
     window = max(1, len(steps) // 50)
     for k, name in enumerate(names):

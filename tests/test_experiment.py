@@ -151,3 +151,23 @@ def test_examples_are_valid_experiments():
     for name, runs in (("three_tasks.toml", 4), ("one_model.toml", 1)):
         experiment = load_experiment(ROOT / "examples" / name)
         assert len(experiment.runs) == runs and len(experiment.tasks) == 3
+
+
+def test_comparison_table_keeps_every_number_whole_at_80_columns():
+    from rich.console import Console
+
+    from pbgan_core.experiment import comparison, comparison_table
+
+    tasks = ["facades", "edges2shoes", "facades-gray"]
+    runs = [{"method": m, "seed": s, "final": {t: {"psnr": 14.5 + s, "ssim": 0.3312 + 0.01 * s, "l1": 0.2311}
+                                               for t in tasks},
+             "stored": {t: 100 if m == "piggyback" and t != "facades" else 333 for t in tasks}, "standalone": 333}
+            for s in (0, 1) for m in ("piggyback", "standalone-warm")]
+    results = {"baseline": "standalone-warm", "rows": comparison(runs, tasks)}
+    for width in (80, 120):
+        console = Console(width=width, record=True)
+        console.print(comparison_table(results, width))
+        text = console.export_text()
+        assert "…" not in text and max(map(len, text.splitlines())) <= width
+        for number in ("15.0", "±0.7", "0.336", "±0.007", "1.000", "±0.000", "0.300", "standalone-warm", "facades-gray"):
+            assert number in text, (width, number)

@@ -57,9 +57,10 @@ def test_data_moved_alone_is_named_and_given_a_new_place(project, tmp_path, cli)
     new_place.parent.mkdir()
     shutil.move(project / "data" / "facades", new_place)
     model = pbgan.Model.open(project / "m")
-    with pytest.raises(PbganError, match=r"data of task 'facades' moved, give its new place with --data "
-                                         r"facades=PATH"):
+    with pytest.raises(PbganError, match=r"of task 'facades' \(where it was trained\) does not exist; if the data "
+                                         r"moved, give its new place with --data facades=PATH") as raised:
         model.evaluate()
+    assert "check the path given to --data" not in str(raised.value)  # nobody gave one
     assert set(model.evaluate(data={"facades": new_place})) == {"facades"}
     _, _, err = cli("eval", "--model-dir", project / "m", expect=1)
     assert "--data facades=PATH" in one_line_error(err)

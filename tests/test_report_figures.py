@@ -13,7 +13,7 @@ from PIL import Image
 from pbgan_core.engine import eval_split, load_generators
 from pbgan_core.images import to_pil
 from pbgan_core.plugins import get_plugins
-from pbgan_core.report import read_steps, write_tables
+from pbgan_core.report import draw_loss_curves, read_steps, write_tables
 from pbgan_core.store import ModelStore
 
 from .conftest import EDGES2SHOES, FACADES, needs_data
@@ -42,6 +42,12 @@ def test_read_steps_keeps_step_records_and_skips_a_torn_last_line(tmp_path):
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
     assert set(steps[0]["losses"]) == {"G_GAN", "G_L1"}
     assert read_steps(tmp_path / "missing.jsonl") is None
+
+
+def test_loss_figure_title_says_how_many_of_the_steps_were_logged():
+    steps = [{"step": s, "total": 400, "losses": {"G_L1": 1.0 / s}} for s in (1, *range(10, 401, 10))]
+    titles = [op[2] for op in draw_loss_curves("shoes", steps).ops if op[0] == "text"]
+    assert "shoes: training losses by optimizer step (logged at 41 of its 400 steps)" in titles
 
 
 def test_latex_tables_escape_names_and_mark_missing_values(tmp_path):
