@@ -237,42 +237,30 @@ def bad_datasets() -> dict[str, dict]:
 
 # --- the cases -----------------------------------------------------------------------------
 
-def numeric_options() -> list[tuple[str, list]]:
-    """(flag, the flags that make it apply) of every int and float option of `pbgan train`."""
-    found = []
-    command = typer.main.get_command(build_app()).commands["train"]
-    for param in command.params:
-        if param.opts[0].startswith("--") and param.type.name in ("integer", "float", "integer range", "float range"):
-            found.append((param.opts[0], []))
+def train_options() -> list[dict]:
+    """Every option of `pbgan train`: the core's from its signature, the plugins' from list-plugins."""
     import contextlib
+    import inspect
     import io
+    import typing
+    found = []
+    command = next(c for c in build_app().registered_commands if c.callback.__name__ == "train")
+    for name, hint in typing.get_type_hints(command.callback).items():
+        info = inspect.signature(command.callback).parameters.get(name)
+        decls = getattr(getattr(info, "default", None), "param_decls", None)
+        if decls:
+            kinds = {int: "int", float: "float"}
+            kind = next((kinds[t] for t in (hint, *typing.get_args(hint)) if t in kinds), "other")
+            choices = ["bogus"] if name in ("factorizer", "dataset", "derive", "device", "precision") else None
+            found.append({"flag": decls[0], "type": kind, "choices": choices, "context": []})
     with contextlib.redirect_stdout(io.StringIO()) as text:
         main(["list-plugins", "--json"])
     for plugin in json.loads(text.getvalue()):
         for group, options in plugin["options"].items():
             context = group.split() if group.startswith("--") else []
             for option in options:
-                if option["type"] in ("int", "float") and (option["flag"], context) not in found:
-                    found.append((option["flag"], context))
-    return found
-
-
-def choice_options() -> list[tuple[str, list]]:
-    import contextlib
-    import io
-    with contextlib.redirect_stdout(io.StringIO()) as text:
-        main(["list-plugins", "--json"])
-    found = []
-    for plugin in json.loads(text.getvalue()):
-        for group, options in plugin["options"].items():
-            context = group.split() if group.startswith("--") else []
-            for option in options:
-                if option["choices"] and (option["flag"], context) not in found:
-                    found.append((option["flag"], context))
-    command = typer.main.get_command(build_app()).commands["train"]
-    for param in command.params:
-        if getattr(param.type, "choices", None):
-            found.append((param.opts[0], []))
+                if all((o["flag"], o["context"]) != (option["flag"], context) for o in found):
+                    found.append({**option, "context": context})
     return found
 
 
@@ -289,11 +277,13 @@ def option_argv(flag: str, value: str, context: list) -> list:
 
 def input_cases() -> list[Case]:
     cases = []
-    for flag, context in numeric_options():
-        for value in BAD_NUMBERS:
-            cases.append(Case("train options", f"{flag} {value}", option_argv(flag, value, context)))
-    for flag, context in choice_options():
-        cases.append(Case("train options", f"{flag} bogus", option_argv(flag, "bogus", context), must_fail=True))
+    for option in train_options():
+        flag, context = option["flag"], option["context"]
+        if option["type"] in ("int", "float"):
+            for value in BAD_NUMBERS:
+                cases.append(Case("train options", f"{flag} {value}", option_argv(flag, value, context)))
+        if option["choices"]:
+            cases.append(Case("train options", f"{flag} bogus", option_argv(flag, "bogus", context), must_fail=True))
     for extra in (["--bogus"], ["--bogus", "1"], ["--lr"], ["-x"], ["--steps", ""], ["--steps", "2", "--steps", "x"],
                   ["--direction", "CtoD"], ["--task", ""], ["--task", "../up"], ["--task", "a/b"], ["--task", "a"],
                   ["--arch", "bogus"], ["--factorizer", "bogus"], ["--dataset", "bogus"], ["--logger", "bogus"],
@@ -741,7 +731,7 @@ def run_all(cases: list[Case], work: Path, base: Path, workers: int) -> None:
         time.sleep(0.05)
 
 
-def report(cases: list[Case], seconds: float) -> int:
+def report(cases: list[Case], seconds: float, verbose: bool = False) -> int:
     categories = list(dict.fromkeys(case.category for case in cases))
     print(f"\n{'category':<16}{'tried':>7}{'passed':>8}{'accepted':>10}{'internal/tb':>13}{'data loss':>11}"
           f"{'other':>7}")
@@ -758,6 +748,9 @@ def report(cases: list[Case], seconds: float) -> int:
         print(f"{category:<16}{row[0]:>7}{row[1]:>8}{row[2]:>10}{row[3]:>13}{row[4]:>11}{row[5]:>7}")
     print(f"{'all':<16}{totals[0]:>7}{totals[1]:>8}{totals[2]:>10}{totals[3]:>13}{totals[4]:>11}{totals[5]:>7}")
     print(f"({seconds / 60:.1f} min)")
+    if verbose:
+        print("\naccepted (exit 0): " + "; ".join(f"{c.category}: {c.name}" for c in cases
+                                              if c.result is not None and c.result.code == 0 and not c.problems))
     failing = [c for c in cases if c.problems]
     for case in failing:
         text = ((case.result.err or case.result.out) if case.result else "").strip().splitlines()
@@ -774,6 +767,7 @@ def main_sweep() -> int:
     parser.add_argument("--only", default="inputs,data,commands,damage,faults")
     parser.add_argument("--match", default="", help="only cases whose name contains this")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--verbose", action="store_true", help="also list the cases that exited 0")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
@@ -787,7 +781,7 @@ def main_sweep() -> int:
         cases = [c for c in cases if args.match in c.name]
         print(f"{len(cases)} cases, model {base}", flush=True)
         run_all(cases, work, base, args.workers)
-        return report(cases, time.monotonic() - started)
+        return report(cases, time.monotonic() - started, args.verbose)
     finally:
         if args.keep:
             print(f"work folder: {work}")
