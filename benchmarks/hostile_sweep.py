@@ -643,6 +643,13 @@ def fault_cases(work: Path, base: Path) -> list[Case]:
     return cases
 
 
+def stored_names(model: Path) -> set[str]:
+    try:
+        return {entry["name"] for entry in json.loads((model / "manifest.json").read_text())["tasks"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def completes(case: Case, folder: Path, result: Result) -> list[str]:
     """After a fault: verify passes (or the manifest is still missing and recover is named), and the
     same command, with --resume where a checkpoint was kept, completes."""
@@ -654,8 +661,13 @@ def completes(case: Case, folder: Path, result: Result) -> list[str]:
         check = run_now(["verify", "--model-dir", model], folder, tag="verify")
         if check.code != 0:
             problems.append(f"verify after the fault: {(check.out + check.err).strip()[:300]}")
+    if result.code == 0:
+        return problems  # the fault did not stop it (a warning said what was left out)
     argv = [str(a).replace("{M}", str(model)) for a in case.argv]
-    if case.argv[0] == "train" and (model / "checkpoints" / "c" / "checkpoint.safetensors").exists() \
+    new_task = {"train": "c", "import": "x"}.get(case.argv[0])
+    if new_task and new_task in stored_names(model):  # stored; only its metrics row may be missing
+        argv = ["eval", "--model-dir", model]
+    elif case.argv[0] == "train" and (model / "checkpoints" / "c" / "checkpoint.safetensors").exists() \
             or "--resume" in result.err:
         argv.append("--resume")
     again = run_now(argv, folder, tag="again")
@@ -697,11 +709,11 @@ def finish(case: Case, folder: Path, intact: dict, result: Result) -> None:
             case.problems += output_problems(result)
     else:
         case.problems += output_problems(result, case.must_fail)
-    gone = lost(intact, folder / "model")
-    if gone:
-        case.problems.append("data loss: " + ", ".join(gone))
     if case.after is not None:
         case.problems += case.after(case, folder, result)
+    gone = lost(intact, folder / "model")  # after the command and any rerun
+    if gone:
+        case.problems.append("data loss: " + ", ".join(gone))
 
 
 def run_all(cases: list[Case], work: Path, base: Path, workers: int) -> None:
