@@ -680,7 +680,7 @@ def rewrite_model_card(store: ModelStore, name: str) -> None:
     except (PbganError, KeyboardInterrupt) as exc:
         error = Interrupted if isinstance(exc, KeyboardInterrupt) else PbganError
         raise error(f"task {name!r} is stored in {store.root} with its metrics; only the model's README.md was "
-                    f"not rewritten ({exc or 'interrupted'}): the next stored task rewrites it") from None
+                    f"not rewritten ({str(exc) or 'interrupted'}): the next stored task rewrites it") from None
 
 
 def data_paths(data: Path, root: Path) -> dict[str, str]:

@@ -103,6 +103,8 @@ def load_experiment(path: str | Path) -> Experiment:
         doc = tomllib.loads(path.read_text())
     except OSError as exc:
         raise PbganError(f"cannot read the experiment file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PbganError(f"{path} is not a text file (TOML is UTF-8 text); give the experiment file") from None
     except tomllib.TOMLDecodeError as exc:
         raise PbganError(f"{path} is not valid TOML ({exc}); fix the file") from None
     for key in doc:

@@ -210,6 +210,7 @@ def test_train_survives_a_fault_at_every_write_point(trained, kind, tmp_path, ca
         if kind != "kill":
             if name == "README.md":
                 assert "with its metrics; only the model's README.md was not rewritten" in text, text
+                assert "()" not in text, text  # the reason is said, "interrupted" for Ctrl-C
             elif store.has_task("new"):
                 assert "its metrics row was not recorded" in text and "pbgan eval" in text, text
             else:

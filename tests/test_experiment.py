@@ -147,6 +147,12 @@ def test_bad_experiment_file_is_one_line_before_training(tmp_path, cli, text, me
     assert not (tmp_path / "runs").exists()
 
 
+def test_binary_experiment_file_is_one_line(tmp_path, cli):
+    (tmp_path / "e.toml").write_bytes(bytes([0xFA, 0xFF, 0x00, 0x81]))
+    _, _, err = cli("run", tmp_path / "e.toml", expect=1)
+    assert "is not a text file" in one_line_error(err)
+
+
 def test_examples_are_valid_experiments():
     for name, runs in (("three_tasks.toml", 4), ("one_model.toml", 1)):
         experiment = load_experiment(ROOT / "examples" / name)
