@@ -14,7 +14,6 @@ complete. Prints a table per category and the failing cases with their command a
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import pickle
@@ -30,10 +29,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-import typer
 from PIL import Image
 
 from pbgan_core import atomic
+from pbgan_core.faults import KILLED, Fault
+from pbgan_core.faults import KINDS as FAULT_KINDS
 from pbgan_core.cli import build_app, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,6 @@ TIMEOUT_S = 180
 MEMORY_LIMIT = 8 << 30
 BAD_NUMBERS = ["-1", "0", "nan", "inf", "1e30", str(10**30), "many"]
 MODEL_FILES = ("file", "bank_file", "probe_file")
-KILLED = 137
 
 
 @dataclass
@@ -563,24 +562,6 @@ def recovered(case: Case, folder: Path, result: Result) -> list[str]:
 
 # --- faults at every write point -----------------------------------------------------------
 
-class Fault:
-    """At write point number `at` the disk is full, Ctrl-C is pressed or the process dies."""
-
-    def __init__(self, kind: str, at: int):
-        self.kind, self.at, self.seen = kind, at, 0
-
-    def __call__(self, stage: str, path: Path) -> None:
-        self.seen += 1
-        if self.seen - 1 != self.at:
-            return
-        if self.kind == "disk-full":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        if self.kind == "ctrl-c":
-            signal.raise_signal(signal.SIGINT)
-        if self.kind == "kill":
-            os._exit(KILLED)
-
-
 class Points:
     """Records the write points; the child writes them to POINTS on exit."""
 
@@ -635,7 +616,7 @@ def fault_cases(work: Path, base: Path) -> list[Case]:
             continue
         points = json.loads(record.read_text()) if record.exists() else []
         for at, stage in enumerate(points):
-            for fault in ("disk-full", "ctrl-c", "kill"):
+            for fault in FAULT_KINDS:
                 if fault == "disk-full" and stage != "write":
                     continue
                 cases.append(Case("faults", f"{command}: {fault} at write point {at} ({stage})", argv,

@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from pbgan_core import atomic
+from pbgan_core.faults import KILLED, KINDS, Fault
 from pbgan_core.checkpoint import load_checkpoint
 from pbgan_core.cli import main
 from pbgan_core.store import ModelStore
 from tests.conftest import FACADES, TINY, needs_data
-from tests.forked import KILLED, Forked
+from tests.forked import Forked
 from tests.test_interop import reference_checkpoint
 
 pytestmark = needs_data(FACADES)
@@ -31,26 +32,8 @@ pytestmark = needs_data(FACADES)
 FAST = [*TINY, "--max-images", "4", "--eval-images", "1"]
 TRAIN = ["train", "--arch", "pix2pix", "--task", "new", "--data", FACADES, "--direction", "BtoA", *FAST,
          "--steps", "2", "--checkpoint-every", "1"]
-KINDS = ("disk-full", "ctrl-c", "kill")
+
 RESULT_FIELDS = ("sha256", "bank_sha256", "probe_sha256", "probe_file_sha256", "params", "metrics")
-
-
-class Fault:
-    """The hook: at write point number `at`, the disk is full, Ctrl-C is pressed or the process dies."""
-
-    def __init__(self, kind: str, at: int):
-        self.kind, self.at, self.seen = kind, at, 0
-
-    def __call__(self, stage: str, path: Path) -> None:
-        self.seen += 1
-        if self.seen - 1 != self.at:
-            return
-        if self.kind == "disk-full":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        if self.kind == "ctrl-c":
-            signal.raise_signal(signal.SIGINT)  # handled as a real Ctrl-C would be, right here
-        if self.kind == "kill":
-            os._exit(KILLED)
 
 
 class Points:
