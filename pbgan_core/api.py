@@ -112,9 +112,6 @@ def train_request(arch: str | None, task: str, data: str | Path | None = None, *
     """Check a training request as `pbgan train` does; `options` are the plugins' options. Options
     not given (None, or absent) that shape the generator come from the model's first task."""
     plugins = plugins or get_plugins()
-    if log_every < 1 or sample_every < 0:
-        raise UsageError(f"--log-every must be at least 1 and --sample-every at least 0 (0: ten times a run), "
-                         f"got {log_every} and {sample_every}")
     arch = model_arch(arch, model_dir)
     table, owner = train_options(arch, factorizer, dataset, derive, plugins)
     extra = check_options({**options, **({"derive": derive} if derive else {})}, table, owner)

@@ -29,6 +29,8 @@ REQUEST_FIELDS = (
     Option("direction", "AtoB", choices=DIRECTIONS),
     Option("device", "auto"),
     Option("resume", False),
+    Option("log-every", 10, min=1),
+    Option("sample-every", 0, min=0),  # 0: ten times a run
 )
 NPROC = Option("nproc", 1, min=1)
 

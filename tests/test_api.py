@@ -154,6 +154,7 @@ def test_api_errors_are_one_line_pbgan_errors(model_dir, tmp_path):
         (train(norm="bogus"), "norm must be one of"),
         (train(size="big"), "--size must be a whole number, got 'big'"),
         (train(steps=1.5), "--steps must be a whole number, got 1.5"),
+        (train(log_every="x"), "--log-every must be a whole number, got 'x'"),
         (train(seed=10**23), "--seed must be in [0, 4294967295]"),
         (train(lr=float("nan")), "lr must be a finite number, got nan"),
         (train(num_workers=-1), "num_workers must be in [0, 256], got -1"),

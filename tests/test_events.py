@@ -159,7 +159,7 @@ def test_logger_choices_are_checked_before_training(cli, tmp_path, monkeypatch):
     _, _, err = cli(*train, "--logger", "wandb", expect=2)
     assert "unknown logger 'wandb'" in one_line_error(err)
     _, _, err = cli(*train, "--log-every", "0", expect=2)
-    assert "--log-every must be at least 1" in one_line_error(err)
+    assert "--log-every must be >= 1, got 0" in one_line_error(err)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     _, _, err = cli(*train, "--logger", "tensorboard", expect=1)
     assert "pip install 'pbgan[tensorboard]'" in one_line_error(err)
