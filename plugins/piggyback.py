@@ -194,7 +194,8 @@ def choose_rows(bank: torch.Tensor, limit: int, previous: Mapping[str, torch.Ten
     weight *= bank.index_select(0, candidates).flatten(1).double().norm(dim=1)
     chosen = candidates[torch.argsort(weight, descending=True, stable=True)[:limit]]
     if len(chosen) < limit:  # the latest task combined fewer rows (a smaller limit): add the newest others
-        others = torch.tensor([i for i in range(n - 1, -1, -1) if i not in set(chosen.tolist())], dtype=torch.long)
+        taken = set(chosen.tolist())
+        others = torch.tensor([i for i in range(n - 1, -1, -1) if i not in taken], dtype=torch.long)
         chosen = torch.cat([chosen, others[: limit - len(chosen)]])
     return chosen.sort().values
 
