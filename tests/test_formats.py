@@ -73,3 +73,33 @@ def test_later_task_with_another_generator_names_the_option(cli, tmp_path, optio
     line = one_line_error(err)
     assert f"{option} {first}" in line and "first task 'a'" in line and "internal error" not in line
     assert [t["name"] for t in ModelStore(model).tasks] == ["a"]
+
+
+# Five tiny piggyback tasks written by pbgan with manifest format 4, before the bank was read by rows
+# and before --bank-limit 1 was the default: "third" combines at most 1x and "fifth" 0.5x each large
+# layer's filters, the others the whole bank. Each task's probe file holds the outputs it computed then.
+FORMAT4_MODEL = Path(__file__).parent / "data" / "format4-model"
+
+
+def test_checked_in_format4_model_computes_what_it_computed_when_written(cli, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(FORMAT4_MODEL, model)
+    shutil.copytree(FORMAT1_MODEL.parent / "format1-data", tmp_path / "data")  # where its entries say
+    before = {p.relative_to(model): p.read_bytes() for p in model.rglob("*.safetensors")}
+    store = ModelStore(model)
+    assert [stored_options(t)["bank_limit"] for t in store.tasks] == [0.0, 0.0, 1.0, 0.0, 0.5]
+    for entry in store.tasks:
+        recorded = load_file(model / entry["probe_file"])
+        now = probe_task_outputs(store, get_plugins(), entry["name"])
+        assert set(now) == set(recorded)
+        assert probe_difference(recorded, now) <= PROBE_TOLERANCE
+    _, out, _ = cli("verify", "--model-dir", model)
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith(("OK", "FAIL"))] == [
+        ["OK", f"{name}:"] for name in ("first", "second", "third", "fourth", "fifth")]
+    # a task trained now, at today's defaults, leaves every stored file as it was
+    cli("train", "--arch", "pix2pix", "--task", "sixth", "--data", tmp_path / "data", "--steps", 2,
+        "--eval-images", 1, "--ndf", 2, "--netD", "pixel", "--model-dir", model)
+    assert {p: (model / p).read_bytes() for p in before} == before
+    _, out, _ = cli("verify", "--model-dir", model)
+    assert sum(line.startswith("OK") for line in out.splitlines()) == 6
+    assert not any(line.startswith("FAIL") for line in out.splitlines())
