@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__, distributed
+from .bank import FilterBank
 from .batchnorm import has_batchnorm, recompute_batchnorm, spread_indices
 from .checkpoint import (DeferredInterrupt, checkpoint_path, load_checkpoint, remove_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
@@ -144,14 +145,19 @@ def load_generators(store: ModelStore, plugins: Plugins, name: str, device: torc
     generators = {}
     for gname in names:
         state = factorizer.join(_prefixed(tensors, gname), _prefixed(new_filters, gname))
-        gen = _stored_generator(store, entry, gname, bank.prefix(len(bank), gname), state, plugins,
+        gen = _stored_generator(store, entry, gname, bank_for(factorizer, bank, gname), state, plugins,
                                 assign=not materialize)
         if any(t.is_meta for t in (*gen.parameters(), *gen.buffers())):  # a layer holds values no file has
-            gen = _stored_generator(store, entry, gname, bank.prefix(len(bank), gname), state, plugins, False)
+            gen = _stored_generator(store, entry, gname, bank_for(factorizer, bank, gname), state, plugins, False)
         if materialize:
             factorizer.materialize(gen)
         generators[gname] = gen.to(device).eval()
     return entry, generators
+
+
+def bank_for(factorizer, bank: FilterBank, generator: str) -> dict[str, Any]:
+    """The whole bank for one generator, as the factorizer's `wrap` takes it."""
+    return bank.prefix(len(bank), generator, lazy=getattr(factorizer, "reads_bank_rows", False))
 
 
 def latest_task_state(store: ModelStore, factorizer, generators: Mapping[str, nn.Module]) -> dict[str, dict]:
@@ -492,7 +498,7 @@ def train_task(req: TrainRequest, plugins: Plugins, progress: ProgressFn | None 
             _warn_pending(store, req.task, bank.fingerprint())
         previous = latest_task_state(store, factorizer, generators)
         for gname, gen in generators.items():
-            factorizer.wrap(gen, bank.prefix(len(bank), gname), opts, **previous.get(gname, {}))
+            factorizer.wrap(gen, bank_for(factorizer, bank, gname), opts, **previous.get(gname, {}))
             gen.to(device).train()
         trainer = arch.build_trainer(generators, opts, device, total)
         if req.precision == "fp16":

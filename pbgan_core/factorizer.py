@@ -26,6 +26,9 @@ class Factorizer:
     keeps_old_tasks: bool = True
     #: Whether a later task starts from the latest task's generator under `--init auto`.
     warm_start: bool = True
+    #: Whether `wrap` takes each layer's bank as a `pbgan_core.bank.LayerBank` (read only the rows
+    #: it uses: `rows(index)`, or `all()`) instead of one tensor of every bank filter.
+    reads_bank_rows: bool = False
 
     def wrap(self, generator: nn.Module, bank: dict[str, torch.Tensor], opts: Mapping[str, Any],
              initialize: bool = True) -> nn.Module:

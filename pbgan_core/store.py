@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 
 from .atomic import atomic_write_bytes, is_temporary, remove_path, sha256_bytes
-from .bank import FilterBank
+from .bank import FilterBank, Segment
 from .errors import PbganError
 from .lock import LOCK_NAME, model_lock
 from .manifest import (FORMAT, NAME_PATTERN, check_entry_unedited, check_task_name, empty_manifest,  # noqa: F401
@@ -326,14 +326,34 @@ class ModelStore:
         entry["probe_file"] = rel
 
     def load_bank(self, length: int | None = None) -> FilterBank:
-        """The bank as it stood after `length` tasks (all by default), verified against the manifest."""
+        """The bank as it stood after `length` tasks (all by default). Each segment's file is read,
+        and checked against the manifest's hash, only when one of its filters is used; until then
+        only its header (the shapes) is read."""
         bank = FilterBank()
         for entry in self.tasks[: len(self.tasks) if length is None else length]:
             key = (entry["bank_file"], entry["bank_sha256"])
-            if key not in self._segments:
-                self._segments[key] = self.read_tensors(*key)[0]
-            bank.append(entry["name"], self._segments[key], entry["bank_sha256"])
+            bank.add(Segment(entry["name"], entry["bank_sha256"], self._segments.get(key),
+                             shapes=self._segment_shapes(entry["bank_file"]),
+                             read=lambda key=key: self._read_segment(key)))
         return bank
+
+    def _read_segment(self, key: tuple[str, str]) -> dict[str, torch.Tensor]:
+        if key not in self._segments:
+            self._segments[key] = self.read_tensors(*key)[0]
+        return self._segments[key]
+
+    def _segment_shapes(self, rel: str) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape, from a stored file's header alone (its bytes are checked when read)."""
+        path = self.root / rel
+        try:
+            with safe_open(path, framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except FileNotFoundError:
+            raise PbganError(f"{path} is missing; the model directory is incomplete (run `pbgan verify`)") from None
+        except OSError as exc:
+            raise PbganError(f"cannot read {path}: {exc.strerror}; check permissions") from None
+        except (SafetensorError, ValueError) as exc:
+            raise PbganError(f"{path} is not a valid safetensors file ({exc}); restore it from a backup") from None
 
     def load_task(self, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor], FilterBank]:
         """(manifest entry, task tensors, its new filters, the bank prefix it trained on)."""

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pbgan_core.bank import LayerBank
 from pbgan_core.errors import PbganError
 from pbgan_core.factorizer import FilterConvFactorizer, iter_convs, replace_modules
 from pbgan_core.hookspecs import hookimpl
@@ -34,6 +35,9 @@ COEF_SCALE = 100.0
 # are fully free (see free_shares), and a later task stores this share of a standalone generator.
 SMALL_LAYER_SHARE = 1 / 8
 BUDGET = 0.3
+# --bank-limit: a later task's layer combines at most this many times its filter count of bank
+# filters; measured against the whole bank and a warm full copy over 100 tasks (BENCHMARKS.md)
+BANK_LIMIT = 1.0
 
 
 def free_count(filters: int, share: float) -> int:
@@ -65,18 +69,22 @@ class PiggybackConv(FilterConv):
         # so they can move in the new directions the free filters learn (the bank's span is narrow).
         self.mix_free = bool(mix_free) and piggy > 0 and bank is not None
         if piggy and bank is not None:
-            if bank.shape[1:] != filters.shape[1:]:
+            if tuple(bank.shape[1:]) != tuple(filters.shape[1:]):
                 raise PbganError(f"bank filters of shape {tuple(bank.shape[1:])} do not fit a layer with filters "
                                  f"{tuple(filters.shape[1:])}: the generator differs from the one this bank was built for")
             # rows: the bank filters this task combines (--bank-limit), stored with the task; the
-            # whole bank when None
-            self._whole_bank = bank.detach()
+            # whole bank when None. Only those rows are ever read from the bank.
+            self._whole_bank = LayerBank.of(bank)
             if rows is not None:
                 self.register_buffer("rows", rows.to(torch.long))
                 self.register_load_state_dict_post_hook(lambda module, keys: module._select_rows())
             else:
                 self.rows = None
-            self.register_buffer("bank", self._chosen(), persistent=False)
+            if rows is not None and not initialize:  # the stored rows arrive with load_state_dict
+                chosen = torch.empty(len(rows), *filters.shape[1:], dtype=filters.dtype, device=filters.device)
+            else:
+                chosen = self._chosen()
+            self.register_buffer("bank", chosen, persistent=False)
             basis = self.bank.shape[0] + (self.free_count if self.mix_free else 0)
             coef = torch.zeros(basis, piggy, dtype=filters.dtype, device=filters.device)
             if initialize:
@@ -89,15 +97,15 @@ class PiggybackConv(FilterConv):
 
     def _chosen(self) -> torch.Tensor:
         whole = self._whole_bank
-        return whole if self.rows is None else whole.index_select(0, self.rows.to(whole.device))
+        return whole.all() if self.rows is None else whole.rows(self.rows)
 
     def _select_rows(self) -> None:
         """After loading a stored task: take the bank rows its file names."""
         if self.rows.is_meta or self._whole_bank.is_meta:
             return
-        if int(self.rows.min()) < 0 or int(self.rows.max()) >= self._whole_bank.shape[0]:
+        if len(self.rows) and (int(self.rows.min()) < 0 or int(self.rows.max()) >= len(self._whole_bank)):
             raise PbganError(f"a stored task names bank filters the bank does not hold (rows up to "
-                             f"{int(self.rows.max())}, bank {self._whole_bank.shape[0]}): the file is damaged")
+                             f"{int(self.rows.max())}, bank {len(self._whole_bank)}): the file is damaged")
         self.bank = self._chosen().to(self.bank.device)
 
     @staticmethod
@@ -170,7 +178,7 @@ def bank_limit(filters: int, limit: float) -> int | None:
     return math.ceil(limit * filters) if limit > 0 else None
 
 
-def choose_rows(bank: torch.Tensor, limit: int, previous: Mapping[str, torch.Tensor] | None,
+def choose_rows(bank: torch.Tensor | LayerBank, limit: int, previous: Mapping[str, torch.Tensor] | None,
                 previous_scale: float) -> torch.Tensor:
     """The `limit` bank rows a later task combines (ascending).
 
@@ -179,7 +187,8 @@ def choose_rows(bank: torch.Tensor, limit: int, previous: Mapping[str, torch.Ten
     the rows kept are those carrying most of them (coefficient row norm times filter norm), so the
     cost of choosing, like the task itself, does not grow with the bank. Without the latest task's
     coefficients (it was the first task, or another factorizer's), the newest rows are kept."""
-    n = bank.shape[0]
+    bank = LayerBank.of(bank)
+    n = len(bank)
     if previous is None or previous.get("coef") is None:
         return torch.arange(n - limit, n)
     free = previous["free"].shape[0]
@@ -191,7 +200,7 @@ def choose_rows(bank: torch.Tensor, limit: int, previous: Mapping[str, torch.Ten
     weight[: len(before)] = coef[: len(before)].norm(dim=1)
     # a free filter is itself one of the latest task's filters, and may also be mixed
     weight[len(before):] = (1 + (coef[len(before):].norm(dim=1) ** 2 if mixed else 0)) ** 0.5
-    weight *= bank.index_select(0, candidates).flatten(1).double().norm(dim=1)
+    weight *= bank.rows(candidates).flatten(1).double().norm(dim=1)
     chosen = candidates[torch.argsort(weight, descending=True, stable=True)[:limit]]
     if len(chosen) < limit:  # the latest task combined fewer rows (a smaller limit): add the newest others
         taken = set(chosen.tolist())
@@ -231,9 +240,10 @@ class PiggybackFactorizer(FilterConvFactorizer):
         Option("budget", BUDGET, "with --allocation small-free: the parameters each later task stores (free "
                "filters, coefficients, biases), as a share of one standalone generator (0: what --lambda in every layer "
                "would store)", min=0, max=1),
-        Option("bank-limit", 0.0, "most bank filters a later task's layer combines, as a multiple of the layer's "
-               "filter count (chosen from those the latest task used and its free filters, and stored with the "
-               "task); 0: the whole bank, whose size grows with every task", min=0),
+        Option("bank-limit", BANK_LIMIT, "most bank filters a later task's layer combines, as a multiple of the "
+               "layer's filter count (chosen from those the latest task used and its free filters, and stored with "
+               "the task), so a task costs the same at task 100 as at task 2; 0: the whole bank, whose size grows "
+               "with every task (the paper's setting)", min=0),
         Option("free-init", "fresh", "how a later task's free filters start: fresh (random, at the layer's filter "
                "scale) or copy (the latest task's first filters, which the bank already holds)",
                choices=("fresh", "copy")),
@@ -241,6 +251,8 @@ class PiggybackFactorizer(FilterConvFactorizer):
 
     # a later task's bank rows depend on the latest task's coefficients (--bank-limit)
     uses_previous_task = True
+    # wrap takes each layer's bank as a LayerBank: a task that combines some rows reads only those
+    reads_bank_rows = True
 
     def wrap(self, generator: nn.Module, bank: dict[str, torch.Tensor], opts: Mapping[str, Any],
              initialize: bool = True, previous: Mapping[str, Any] | None = None) -> nn.Module:

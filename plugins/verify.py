@@ -19,7 +19,7 @@ import torch
 import typer
 
 from pbgan_core.bank import FilterBank
-from pbgan_core.engine import PROBE_TOLERANCE, outputs_sha256, probe_difference, probe_task_outputs
+from pbgan_core.engine import PROBE_TOLERANCE, bank_for, outputs_sha256, probe_difference, probe_task_outputs
 from pbgan_core.errors import PbganError
 from pbgan_core.hookspecs import hookimpl
 from pbgan_core.lock import lock_holder
@@ -55,7 +55,7 @@ def _shape_problems(store: ModelStore, plugins, entry: dict[str, Any], tensors: 
         generators = arch.build_generators(stored_options(entry))
     problems = []
     for gname, gen in generators.items():
-        factorizer.wrap(gen, bank.prefix(len(bank), gname), stored_options(entry), initialize=False)
+        factorizer.wrap(gen, bank_for(factorizer, bank, gname), stored_options(entry), initialize=False)
         lead = f"{gname}/"
         stored = factorizer.join({k[len(lead):]: v for k, v in tensors.items() if k.startswith(lead)},
                                  {k[len(lead):]: v for k, v in new_filters.items() if k.startswith(lead)})

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from pbgan_core.bank import LayerBank
 from pbgan_core.cli import main
 from pbgan_core.engine import load_generators
 from pbgan_core.plugins import get_plugins
@@ -39,7 +40,7 @@ def grown_sequence(tasks, opts):
 
 def test_a_bounded_task_costs_the_same_however_large_the_bank_grows():
     bounded = grown_sequence(8, {"bank_limit": 1.0})
-    whole = grown_sequence(8, {})
+    whole = grown_sequence(8, {"bank_limit": 0.0})
     # the whole bank: every task combines more filters with fewer free ones
     assert whole[-1][1] > whole[0][1]
     # bounded: the same basis, coefficients and stored share at task 2 and task 8
@@ -82,3 +83,37 @@ def test_a_bounded_sequence_stores_its_rows_and_reloads_exactly(tmp_path):
         with torch.no_grad():
             assert torch.equal(dense["G"](x), before)
             assert torch.allclose(lazy["G"](x), before, atol=1e-5)
+    # loading reads the task's own files and only the bank files that hold the rows it combines
+    read = []
+    fresh = ModelStore(model)
+    original = fresh.read_tensors
+    fresh.read_tensors = lambda rel, sha: (read.append(rel), original(rel, sha))[1]
+    load_generators(fresh, get_plugins(), "four")
+    bank = fresh.load_bank(3)
+    needed = set()
+    for key, rows in tensors.items():
+        if key.endswith(".rows"):
+            layer = key[: -len(".rows")]
+            starts = torch.tensor([s.shapes[layer][0] for s in bank.segments]).cumsum(0)
+            needed |= {bank.segments[int(i)].task for i in torch.bucketize(rows, starts, right=True).unique()}
+    assert sorted(rel for rel in read if rel.startswith("bank/")) == sorted(
+        e["bank_file"] for e in store.tasks if e["name"] in needed | {"four"})
+
+
+def test_a_layer_bank_reads_only_the_parts_holding_the_rows_asked_for():
+    parts = [torch.randn(n, 2, 3, 3) for n in (4, 1, 5)]
+    read = []
+
+    def reader(i):
+        return lambda: (read.append(i), parts[i])[1]
+
+    bank = LayerBank([(len(p), reader(i)) for i, p in enumerate(parts)], (2, 3, 3))
+    whole = torch.cat(parts)
+    assert len(bank) == 10 and bank.shape == whole.shape
+    index = torch.tensor([9, 0, 5, 3, 6])
+    assert torch.equal(bank.rows(index), whole[index]) and sorted(set(read)) == [0, 2]
+    assert torch.equal(bank.rows(torch.tensor([4])), whole[4:5]) and read[-1] == 1
+    assert torch.equal(bank.all(), whole)
+    with pytest.raises(IndexError):
+        bank.rows(torch.tensor([10]))
+    assert torch.equal(LayerBank.of(whole).rows(index), whole[index])
