@@ -65,6 +65,18 @@ class LayerBank:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def parts(self) -> int:
+        return len(self._parts)
+
+    def part_of(self, index: torch.Tensor) -> torch.Tensor:
+        """Which part (segment) holds each row in `index`."""
+        return torch.bucketize(index.to(torch.long).cpu(), torch.tensor(self._starts[1:-1]), right=True)
+
+    def part_rows(self, part: int) -> torch.Tensor:
+        """The positions of a part's rows in the whole stack."""
+        return torch.arange(self._starts[part], self._starts[part + 1])
+
     def all(self) -> torch.Tensor:
         chunks = [read() for _, read in self._parts]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
@@ -76,7 +88,7 @@ class LayerBank:
             raise IndexError(f"bank rows up to {int(index.max())} asked of a bank of {len(self)}")
         if len(self._parts) == 1:
             return self._parts[0][1]().index_select(0, index)
-        part = torch.bucketize(index, torch.tensor(self._starts[1:-1]), right=True)
+        part = self.part_of(index)
         places, chunks = [], []
         for p in part.unique().tolist():
             where = (part == p).nonzero().flatten()

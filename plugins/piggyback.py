@@ -38,6 +38,9 @@ BUDGET = 0.3
 # --bank-limit: a later task's layer combines at most this many times its filter count of bank
 # filters; measured against the whole bank and a warm full copy over 100 tasks (BENCHMARKS.md)
 BANK_LIMIT = 1.0
+# --bank-segments: bank files a later task's rows come from (at a 0.2 free share, 6 files hold
+# 1.2x a large layer's filter count, enough for --bank-limit 1)
+BANK_SEGMENTS = 6
 
 
 def free_count(filters: int, share: float) -> int:
@@ -178,19 +181,17 @@ def bank_limit(filters: int, limit: float) -> int | None:
     return math.ceil(limit * filters) if limit > 0 else None
 
 
-def choose_rows(bank: torch.Tensor | LayerBank, limit: int, previous: Mapping[str, torch.Tensor] | None,
-                previous_scale: float) -> torch.Tensor:
-    """The `limit` bank rows a later task combines (ascending).
+def candidate_weights(bank: LayerBank, previous: Mapping[str, torch.Tensor] | None,
+                      previous_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bank rows the latest task's filters are made of, and how much of them each carries.
 
     The latest task's filters are what a warm-started task starts from. They are combinations of
     the rows that task combined and of its own free filters, which are the bank's last rows now;
-    the rows kept are those carrying most of them (coefficient row norm times filter norm), so the
-    cost of choosing, like the task itself, does not grow with the bank. Without the latest task's
-    coefficients (it was the first task, or another factorizer's), the newest rows are kept."""
-    bank = LayerBank.of(bank)
+    a row's weight is its coefficient row norm times its filter norm. Without the latest task's
+    coefficients (it was the first task, or another factorizer's) there are none."""
     n = len(bank)
     if previous is None or previous.get("coef") is None:
-        return torch.arange(n - limit, n)
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
     free = previous["free"].shape[0]
     coef = previous["coef"].detach().double() * previous_scale
     before = previous["rows"] if previous.get("rows") is not None else torch.arange(n - free)
@@ -201,12 +202,60 @@ def choose_rows(bank: torch.Tensor | LayerBank, limit: int, previous: Mapping[st
     # a free filter is itself one of the latest task's filters, and may also be mixed
     weight[len(before):] = (1 + (coef[len(before):].norm(dim=1) ** 2 if mixed else 0)) ** 0.5
     weight *= bank.rows(candidates).flatten(1).double().norm(dim=1)
+    return candidates, weight
+
+
+def choose_rows(bank: torch.Tensor | LayerBank, limit: int, previous: Mapping[str, torch.Tensor] | None,
+                previous_scale: float, parts: Collection[int] | None = None) -> torch.Tensor:
+    """The `limit` bank rows a later task combines (ascending): those carrying most of the latest
+    task's filters (`candidate_weights`), so the cost of choosing, like the task itself, does not
+    grow with the bank. Only rows of the bank `parts` (segments) given are taken while they hold
+    enough; rows still missing are the newest others."""
+    bank = LayerBank.of(bank)
+    candidates, weight = candidate_weights(bank, previous, previous_scale)
+    if parts is not None:
+        inside = torch.isin(bank.part_of(candidates), torch.tensor(sorted(parts), dtype=torch.long))
+        candidates, weight = candidates[inside], weight[inside]
     chosen = candidates[torch.argsort(weight, descending=True, stable=True)[:limit]]
-    if len(chosen) < limit:  # the latest task combined fewer rows (a smaller limit): add the newest others
+    if len(chosen) < limit:  # fewer candidates (a smaller limit before): the newest others, in `parts` first
         taken = set(chosen.tolist())
-        others = torch.tensor([i for i in range(n - 1, -1, -1) if i not in taken], dtype=torch.long)
-        chosen = torch.cat([chosen, others[: limit - len(chosen)]])
+        pools = [bank.part_rows(p) for p in sorted(parts or (), reverse=True)] + [torch.arange(len(bank))]
+        extra = []
+        for i in (i for rows in pools for i in reversed(rows.tolist())):
+            if len(taken) >= limit:
+                break
+            if i not in taken:
+                taken.add(i)
+                extra.append(i)
+        chosen = torch.cat([chosen, torch.tensor(extra, dtype=torch.long)])
     return chosen.sort().values
+
+
+def choose_segments(banks: Mapping[str, LayerBank], counts: Mapping[str, int],
+                    previous: Mapping[str, Mapping[str, torch.Tensor] | None], previous_scale: float,
+                    most: int) -> list[int] | None:
+    """The bank segments a later task takes its rows from, the same for all its layers, so that
+    loading it reads at most `most` bank files (more only where those hold fewer rows than a layer
+    combines). Segments are ranked by the share of the latest task's filters they carry, summed over
+    the layers; the newest first among equals. None: no bound (`most` 0, or layers with unequal
+    segment lists)."""
+    parts = {bank.parts for bank in banks.values()}
+    if not most or len(parts) != 1:
+        return None
+    total = parts.pop()
+    score = torch.zeros(total, dtype=torch.float64)
+    for path, bank in banks.items():
+        candidates, weight = candidate_weights(bank, previous.get(path), previous_scale)
+        if weight.sum() > 0:
+            score.index_add_(0, bank.part_of(candidates), weight / weight.sum())
+    order = sorted(range(total), key=lambda p: (-float(score[p]), -p))
+    kept: list[int] = []
+    for p in order:
+        roomy = all(sum(len(bank.part_rows(q)) for q in kept) >= counts[path] for path, bank in banks.items())
+        if len(kept) >= most and roomy:
+            break
+        kept.append(p)
+    return sorted(kept)
 
 
 class PiggybackConv2d(PiggybackConv):
@@ -244,6 +293,10 @@ class PiggybackFactorizer(FilterConvFactorizer):
                "layer's filter count (chosen from those the latest task used and its free filters, and stored with "
                "the task), so a task costs the same at task 100 as at task 2; 0: the whole bank, whose size grows "
                "with every task (the paper's setting)", min=0),
+        Option("bank-segments", BANK_SEGMENTS, "with --bank-limit: a later task takes its bank filters from at "
+               "most this many tasks' bank files (those carrying most of the latest task's filters; more only where "
+               "they hold too few), so loading it reads as many files at task 100 as at task 10; 0: no bound",
+               min=0),
         Option("free-init", "fresh", "how a later task's free filters start: fresh (random, at the layer's filter "
                "scale) or copy (the latest task's first filters, which the bank already holds)",
                choices=("fresh", "copy")),
@@ -285,15 +338,22 @@ class PiggybackFactorizer(FilterConvFactorizer):
                                    {last} if free_last else set())
         state = (previous or {}).get("state") or {}
         previous_scale = float((previous or {}).get("options", {}).get("coef_scale", 1.0))
+        # layers that combine some of their bank's rows, with the latest task's state of each
+        bounded = {path: LayerBank.of(bank[path]) for path in convs
+                   if path in bank and not ((path == last and free_last) or shares[path] >= 1.0)
+                   and counts[path] < len(bank[path])}
+        mine = {path: {k[len(path) + 1:]: v for k, v in state.items() if k.startswith(f"{path}.")} or None
+                for path in bounded}
+        parts = (choose_segments(bounded, counts, mine, previous_scale, int(opts["bank_segments"]))
+                 if initialize else None)
 
         def make(path: str, conv: nn.Module) -> nn.Module:
             layer_bank = bank.get(path)
             if (path == last and free_last) or shares[path] >= 1.0:
                 layer_bank = None
             rows = None
-            if layer_bank is not None and counts[path] < len(layer_bank):
-                mine = {k[len(path) + 1:]: v for k, v in state.items() if k.startswith(f"{path}.")}
-                rows = (choose_rows(layer_bank, counts[path], mine or None, previous_scale) if initialize
+            if path in bounded:
+                rows = (choose_rows(bounded[path], counts[path], mine[path], previous_scale, parts) if initialize
                         else torch.zeros(counts[path], dtype=torch.long))  # the stored rows replace these
             return WRAPPERS[type(conv)](conv, layer_bank, shares[path] if layer_bank is not None else 1.0, initialize,
                                         coef_scale, str(opts["free_init"]),

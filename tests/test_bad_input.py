@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load, save
 
 from pbgan_core.cli import main
+from pbgan_core.manifest import FORMAT
 from tests.conftest import FACADES, TINY, needs_data
 
 pytestmark = needs_data(FACADES)
@@ -251,7 +252,7 @@ def task_name_a_number(tmp, model):
 
 def format_as_text(tmp, model):
     edit_manifest(model, lambda m: m.update(format="1"))
-    return ["tasks", "--model-dir", model], "field 'format' must be a whole number such as 4, got \"1\""
+    return ["tasks", "--model-dir", model], f"field 'format' must be a whole number such as {FORMAT}, got \"1\""
 
 
 def task_file_outside_the_model(tmp, model):

@@ -8,7 +8,7 @@ from pbgan_core.engine import load_generators
 from pbgan_core.plugins import get_plugins
 from pbgan_core.store import ModelStore
 from pbgan_plugins.networks import build_generator
-from pbgan_plugins.piggyback import PiggybackConv, PiggybackFactorizer, choose_rows
+from pbgan_plugins.piggyback import PiggybackConv, PiggybackFactorizer, choose_rows, choose_segments
 
 from .conftest import FACADES, TINY, needs_data
 
@@ -17,15 +17,21 @@ def generator():
     return build_generator("auto", 3, 3, ngf=8, size=32)
 
 
-def grown_sequence(tasks, opts):
-    """Wrap tasks 1..`tasks` from shapes as training does; the stored ratio and basis of each."""
+def grown_sequence(tasks, opts, spans=None):
+    """Wrap tasks 1..`tasks` from shapes as training does; the stored ratio and basis of each, and
+    in `spans` the number of bank segments each task's rows come from."""
     fac = PiggybackFactorizer()
     standalone = sum(p.numel() for p in generator().parameters())
     first = fac.wrap(generator(), {}, opts)
-    bank, previous, rows = fac.split(first)[1], None, []
+    segments, previous, rows = [fac.split(first)[1]], None, []
     for _ in range(2, tasks + 1):
         torch.manual_seed(0)
+        bank = {k: LayerBank([(len(s[k]), lambda s=s, k=k: s[k]) for s in segments], segments[0][k].shape[1:])
+                for k in segments[0]}
         gen = fac.wrap(generator(), bank, opts, previous=previous)
+        if spans is not None:
+            spans.append(len({int(p) for m_path, m in gen.named_modules() if getattr(m, "rows", None) is not None
+                              for p in bank[m_path].part_of(m.rows)}))
         for m in gen.modules():  # trained coefficients: not all zero
             if isinstance(m, PiggybackConv) and m.coef is not None:
                 torch.nn.init.normal_(m.coef)
@@ -34,7 +40,7 @@ def grown_sequence(tasks, opts):
                       key=lambda m: m.out_filters * m.bank[0].numel())
         rows.append((fac.stored_parameters(gen) / standalone, biggest.bank.shape[0], biggest.coef.shape[0]))
         previous = {"state": fac.join(kept, added), "options": opts}
-        bank = {k: torch.cat([bank[k], v]) for k, v in added.items()}
+        segments.append(added)
     return rows
 
 
@@ -47,6 +53,29 @@ def test_a_bounded_task_costs_the_same_however_large_the_bank_grows():
     assert bounded[0][1] == bounded[-1][1] and bounded[0][2] == bounded[-1][2]
     assert all(r[0] == pytest.approx(bounded[0][0]) for r in bounded)
     assert bounded[0][0] <= 0.3
+
+
+def test_a_bounded_task_takes_its_rows_from_a_bounded_number_of_bank_files():
+    spans, unbounded = [], []
+    grown_sequence(12, {"bank_limit": 1.0, "bank_segments": 6}, spans)
+    grown_sequence(12, {"bank_limit": 1.0, "bank_segments": 0}, unbounded)
+    assert max(spans) == 6 and max(unbounded) > 6  # at 0.195 free filters a file, 6 files hold enough rows
+    assert spans[:5] == unbounded[:5]  # the bound binds only once more files are in use
+
+
+def test_segments_kept_are_those_carrying_most_of_the_latest_task():
+    parts = [torch.eye(36)[i * 4: i * 4 + 4].view(4, 4, 3, 3) for i in range(5)]  # 5 files of 4 rows
+    bank = LayerBank([(4, lambda p=p: p) for p in parts], (4, 3, 3))
+    # the latest task combined rows 0, 5, 9, 13 (files 0, 1, 2, 3) and added file 4 (its free filters)
+    previous = {"rows": torch.tensor([0, 5, 9, 13]), "free": torch.zeros(4, 4, 3, 3),
+                "coef": torch.tensor([[0.1], [9.0], [0.2], [8.0], [0.0], [0.0], [0.0], [0.0]])}
+    kept = choose_segments({"layer": bank}, {"layer": 4}, {"layer": previous}, 1.0, 2)
+    assert kept == [1, 3]  # files 1 and 3 carry more than the free filters' file 4 (weight 1 a row)
+    rows = choose_rows(bank, 4, previous, 1.0, kept)
+    assert rows.tolist() == [5, 13, 14, 15]  # the two weighted rows, then the newest others of those files
+    # files too small for the layer's count: more are kept, by weight
+    assert choose_segments({"layer": bank}, {"layer": 9}, {"layer": previous}, 1.0, 2) == [1, 3, 4]
+    assert choose_segments({"layer": bank}, {"layer": 4}, {"layer": previous}, 1.0, 0) is None
 
 
 def test_rows_kept_are_those_the_latest_task_used_most():

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pbgan_core.manifest import entry_sha256, validate
+from pbgan_core.manifest import FORMAT, entry_sha256, validate
 from pbgan_core.store import ModelStore
 from pbgan_core.tensorfile import read_metadata, save_bytes
 from tests.conftest import FACADES, TINY, needs_data, one_line_error
@@ -117,7 +117,7 @@ def test_transaction_reads_the_manifest_again(tmp_path):
     (lambda m: m["tasks"].append(dict(m["tasks"][0], index=2, file="tasks/0002-base.safetensors",
                                       bank_file="bank/0002-base.safetensors")), "repeats the task name"),
     (lambda m: m.update(format=True), "field 'format' must be a whole number"),
-    (lambda m: m.update(format=5), "newer than this pbgan understands (4); upgrade pbgan"),
+    (lambda m: m.update(format=FORMAT + 1), f"newer than this pbgan understands ({FORMAT}); upgrade pbgan"),
 ])
 def test_manifest_schema_names_the_field(model, tmp_path, change, message):
     manifest = json.loads((model / "manifest.json").read_text())
