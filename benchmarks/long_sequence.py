@@ -51,8 +51,8 @@ from pbgan_plugins.verify import verify_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GENERATORS = {"32 px, ngf 16": (32, 16), "64 px, ngf 32": (64, 32), "unet_128": (128, 64), "unet_256": (256, 64)}
-SETTINGS = {"defaults": {}, "bank-limit 1": {"bank_limit": 1.0},
-            "paper": {"allocation": "uniform", "free_last": False, "mix_free": False}}
+SETTINGS = {"defaults": {}, "whole bank": {"bank_limit": 0.0},
+            "paper": {"allocation": "uniform", "free_last": False, "mix_free": False, "bank_limit": 0.0}}
 
 
 def unet(size: int, ngf: int) -> torch.nn.Module:

@@ -13,7 +13,7 @@ from .errors import PbganError
 from .options import Option
 
 FORMAT = 5  # 2: task entries record their format and --coef-scale; 3: --budget; 4: --bank-limit;
-# 5: --bank-segments (store.OPTIONS_ADDED)
+# 5: --bank-segments, --unit-rows (store.OPTIONS_ADDED)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DIRECTIONS = ("AtoB", "BtoA")

@@ -49,8 +49,9 @@ OPTIONS_ADDED = {
     3: {"budget": 0.0},
     # piggyback before format 4 combined the whole bank
     4: {"bank_limit": 0.0},
-    # piggyback before format 5 took a bounded task's rows from any number of bank files
-    5: {"bank_segments": 0},
+    # piggyback before format 5 took a bounded task's rows from any number of bank files, and
+    # combined the bank filters at their stored size
+    5: {"bank_segments": 0, "unit_rows": False},
 }
 MODEL_DIR_ENV = "PBGAN_MODEL_DIR"
 DEFAULT_MODEL_DIR = "pbgan-model"

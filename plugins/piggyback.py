@@ -53,7 +53,7 @@ class PiggybackConv(FilterConv):
 
     def __init__(self, base: nn.Module, bank: torch.Tensor | None, lam: float, initialize: bool = True,
                  coef_scale: float = 1.0, free_init: str = "copy", mix_free: bool = False,
-                 rows: torch.Tensor | None = None):
+                 rows: torch.Tensor | None = None, unit_rows: bool = False):
         super().__init__(base)
         filters = filters_of(base)
         # The parameter holds coefficients / coef_scale: Adam moves every parameter by about its
@@ -64,8 +64,11 @@ class PiggybackConv(FilterConv):
         self.free_count = self.out_filters if bank is None else free_count(self.out_filters, lam)
         free = filters[: self.free_count].clone()
         if bank is not None and initialize and free_init == "fresh":
-            # New directions instead of copies of filters the bank already holds; same scale.
-            free = torch.randn_like(free) * filters.std()
+            # New directions instead of copies of filters the bank already holds: at unit size beside
+            # unit-size bank filters (the first task's trained filters are about that size), else at
+            # the size of the latest task's filters, which drifts upward from task to task.
+            scale = free[0].numel() ** -0.5 if unit_rows else filters.std()
+            free = torch.randn_like(free) * scale
         self.free = nn.Parameter(free)
         piggy = self.out_filters - self.free_count
         # mix_free: the piggyback filters combine this task's free filters too, not only the bank's,
@@ -78,6 +81,7 @@ class PiggybackConv(FilterConv):
             # rows: the bank filters this task combines (--bank-limit), stored with the task; the
             # whole bank when None. Only those rows are ever read from the bank.
             self._whole_bank = LayerBank.of(bank)
+            self.unit_rows = bool(unit_rows)
             if rows is not None:
                 self.register_buffer("rows", rows.to(torch.long))
                 self.register_load_state_dict_post_hook(lambda module, keys: module._select_rows())
@@ -100,7 +104,14 @@ class PiggybackConv(FilterConv):
 
     def _chosen(self) -> torch.Tensor:
         whole = self._whole_bank
-        return whole.all() if self.rows is None else whole.rows(self.rows)
+        chosen = whole.all() if self.rows is None else whole.rows(self.rows)
+        if not self.unit_rows:
+            return chosen
+        # A filter followed by normalization works at any size, and its size drifts in training; the
+        # next task's free filters start at the size of this one's, so without this sizes would
+        # compound from task to task (by about 1.6x a task at 32 px, until float32 overflows).
+        norms = chosen.flatten(1).norm(dim=1).clamp_min(torch.finfo(chosen.dtype).tiny)
+        return chosen / norms.view(-1, *([1] * (chosen.dim() - 1)))
 
     def _select_rows(self) -> None:
         """After loading a stored task: take the bank rows its file names."""
@@ -182,12 +193,13 @@ def bank_limit(filters: int, limit: float) -> int | None:
 
 
 def candidate_weights(bank: LayerBank, previous: Mapping[str, torch.Tensor] | None,
-                      previous_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      previous_scale: float, previous_unit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The bank rows the latest task's filters are made of, and how much of them each carries.
 
     The latest task's filters are what a warm-started task starts from. They are combinations of
     the rows that task combined and of its own free filters, which are the bank's last rows now;
-    a row's weight is its coefficient row norm times its filter norm. Without the latest task's
+    a row's weight is its coefficient row norm times its filter norm (1 for a bank filter where the
+    latest task combined them at unit size, `previous_unit`). Without the latest task's
     coefficients (it was the first task, or another factorizer's) there are none."""
     n = len(bank)
     if previous is None or previous.get("coef") is None:
@@ -201,18 +213,20 @@ def candidate_weights(bank: LayerBank, previous: Mapping[str, torch.Tensor] | No
     weight[: len(before)] = coef[: len(before)].norm(dim=1)
     # a free filter is itself one of the latest task's filters, and may also be mixed
     weight[len(before):] = (1 + (coef[len(before):].norm(dim=1) ** 2 if mixed else 0)) ** 0.5
-    weight *= bank.rows(candidates).flatten(1).double().norm(dim=1)
-    return candidates, weight
+    norms = bank.rows(candidates).flatten(1).double().norm(dim=1)
+    if previous_unit:
+        norms[: len(before)] = 1.0
+    return candidates, weight * norms
 
 
 def choose_rows(bank: torch.Tensor | LayerBank, limit: int, previous: Mapping[str, torch.Tensor] | None,
-                previous_scale: float, parts: Collection[int] | None = None) -> torch.Tensor:
+                previous_scale: float, parts: Collection[int] | None = None, previous_unit: bool = False) -> torch.Tensor:
     """The `limit` bank rows a later task combines (ascending): those carrying most of the latest
     task's filters (`candidate_weights`), so the cost of choosing, like the task itself, does not
     grow with the bank. Only rows of the bank `parts` (segments) given are taken while they hold
     enough; rows still missing are the newest others."""
     bank = LayerBank.of(bank)
-    candidates, weight = candidate_weights(bank, previous, previous_scale)
+    candidates, weight = candidate_weights(bank, previous, previous_scale, previous_unit)
     if parts is not None:
         inside = torch.isin(bank.part_of(candidates), torch.tensor(sorted(parts), dtype=torch.long))
         candidates, weight = candidates[inside], weight[inside]
@@ -233,7 +247,7 @@ def choose_rows(bank: torch.Tensor | LayerBank, limit: int, previous: Mapping[st
 
 def choose_segments(banks: Mapping[str, LayerBank], counts: Mapping[str, int],
                     previous: Mapping[str, Mapping[str, torch.Tensor] | None], previous_scale: float,
-                    most: int) -> list[int] | None:
+                    most: int, previous_unit: bool = False) -> list[int] | None:
     """The bank segments a later task takes its rows from, the same for all its layers, so that
     loading it reads at most `most` bank files (more only where those hold fewer rows than a layer
     combines). Segments are ranked by the share of the latest task's filters they carry, summed over
@@ -245,7 +259,7 @@ def choose_segments(banks: Mapping[str, LayerBank], counts: Mapping[str, int],
     total = parts.pop()
     score = torch.zeros(total, dtype=torch.float64)
     for path, bank in banks.items():
-        candidates, weight = candidate_weights(bank, previous.get(path), previous_scale)
+        candidates, weight = candidate_weights(bank, previous.get(path), previous_scale, previous_unit)
         if weight.sum() > 0:
             score.index_add_(0, bank.part_of(candidates), weight / weight.sum())
     order = sorted(range(total), key=lambda p: (-float(score[p]), -p))
@@ -297,6 +311,10 @@ class PiggybackFactorizer(FilterConvFactorizer):
                "most this many tasks' bank files (those carrying most of the latest task's filters; more only where "
                "they hold too few), so loading it reads as many files at task 100 as at task 10; 0: no bound",
                min=0),
+        Option("unit-rows", True, "piggyback filters combine the bank filters scaled to unit size, and fresh free "
+               "filters start at unit size, so filter sizes, which drift freely in layers followed by normalization, "
+               "never compound from task to task (--no-unit-rows: the bank as stored and free filters at the latest "
+               "task's size)"),
         Option("free-init", "fresh", "how a later task's free filters start: fresh (random, at the layer's filter "
                "scale) or copy (the latest task's first filters, which the bank already holds)",
                choices=("fresh", "copy")),
@@ -338,13 +356,14 @@ class PiggybackFactorizer(FilterConvFactorizer):
                                    {last} if free_last else set())
         state = (previous or {}).get("state") or {}
         previous_scale = float((previous or {}).get("options", {}).get("coef_scale", 1.0))
+        previous_unit = bool((previous or {}).get("options", {}).get("unit_rows", False))
         # layers that combine some of their bank's rows, with the latest task's state of each
         bounded = {path: LayerBank.of(bank[path]) for path in convs
                    if path in bank and not ((path == last and free_last) or shares[path] >= 1.0)
                    and counts[path] < len(bank[path])}
         mine = {path: {k[len(path) + 1:]: v for k, v in state.items() if k.startswith(f"{path}.")} or None
                 for path in bounded}
-        parts = (choose_segments(bounded, counts, mine, previous_scale, int(opts["bank_segments"]))
+        parts = (choose_segments(bounded, counts, mine, previous_scale, int(opts["bank_segments"]), previous_unit)
                  if initialize else None)
 
         def make(path: str, conv: nn.Module) -> nn.Module:
@@ -353,11 +372,12 @@ class PiggybackFactorizer(FilterConvFactorizer):
                 layer_bank = None
             rows = None
             if path in bounded:
-                rows = (choose_rows(bounded[path], counts[path], mine[path], previous_scale, parts) if initialize
+                rows = (choose_rows(bounded[path], counts[path], mine[path], previous_scale, parts, previous_unit)
+                        if initialize
                         else torch.zeros(counts[path], dtype=torch.long))  # the stored rows replace these
             return WRAPPERS[type(conv)](conv, layer_bank, shares[path] if layer_bank is not None else 1.0, initialize,
                                         coef_scale, str(opts["free_init"]),
-                                        mix_free, rows)
+                                        mix_free, rows, bool(opts["unit_rows"]))
 
         replace_modules(generator, lambda p, m: type(m) in WRAPPERS, make)
         return generator

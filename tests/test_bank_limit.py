@@ -146,3 +146,27 @@ def test_a_layer_bank_reads_only_the_parts_holding_the_rows_asked_for():
     with pytest.raises(IndexError):
         bank.rows(torch.tensor([10]))
     assert torch.equal(LayerBank.of(whole).rows(index), whole[index])
+
+
+def test_filter_sizes_do_not_compound_from_task_to_task():
+    """Filters followed by normalization drift in size; a later task must not start from the drift."""
+    fac = PiggybackFactorizer()
+    bank = fac.split(fac.wrap(generator(), {}, {}))[1]
+    layers = {}
+    for scale in (1.0, 1000.0):  # the same bank, as stored and grown a thousandfold
+        warm = generator()
+        with torch.no_grad():
+            for p in warm.parameters():
+                p.mul_(scale)
+        torch.manual_seed(0)
+        gen = fac.wrap(warm, {k: v * scale for k, v in bank.items()}, {})
+        layers[scale] = [m for m in gen.modules() if isinstance(m, PiggybackConv) and m.coef is not None]
+    for small, large in zip(layers[1.0], layers[1000.0]):
+        assert torch.allclose(small.bank, large.bank, atol=1e-6)  # combined at unit size
+        assert torch.allclose(small.bank.flatten(1).norm(dim=1), torch.ones(len(small.bank)))
+        assert 0.5 < float(large.free.detach().flatten(1).norm(dim=1).mean()) < 2  # fresh at unit size
+    # --no-unit-rows: the bank as stored, and free filters at the warm start's size
+    torch.manual_seed(0)
+    raw = fac.wrap(generator(), {k: v * 1000 for k, v in bank.items()}, {"unit_rows": False})
+    layer = next(m for m in raw.modules() if isinstance(m, PiggybackConv) and m.coef is not None)
+    assert float(layer.bank.flatten(1).norm(dim=1).min()) > 100
