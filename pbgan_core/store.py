@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
 from .atomic import atomic_write_bytes, is_temporary, remove_path, sha256_bytes
@@ -36,6 +36,7 @@ from .errors import PbganError
 from .lock import LOCK_NAME, model_lock
 from .manifest import (FORMAT, NAME_PATTERN, check_entry_unedited, check_task_name, empty_manifest,  # noqa: F401
                        entry_record, file_name, validate)
+from .tensorfile import read_header
 from .tensorfile import read_metadata as _safetensors_metadata
 from .tensorfile import save_bytes
 
@@ -349,13 +350,13 @@ class ModelStore:
         """Tensor name -> shape, from a stored file's header alone (its bytes are checked when read)."""
         path = self.root / rel
         try:
-            with safe_open(path, framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            header = read_header(path)
+            return {k: tuple(int(n) for n in v["shape"]) for k, v in header.items() if k != "__metadata__"}
         except FileNotFoundError:
             raise PbganError(f"{path} is missing; the model directory is incomplete (run `pbgan verify`)") from None
         except OSError as exc:
             raise PbganError(f"cannot read {path}: {exc.strerror}; check permissions") from None
-        except (SafetensorError, ValueError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise PbganError(f"{path} is not a valid safetensors file ({exc}); restore it from a backup") from None
 
     def load_task(self, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor], FilterBank]:

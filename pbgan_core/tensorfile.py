@@ -24,6 +24,18 @@ def save_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
     return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
+def read_header(path) -> dict:
+    """A safetensors file's header (tensor names, dtypes, shapes), reading nothing else."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= 100_000_000:
+            raise ValueError(f"header length {n}")
+        header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header
+
+
 def read_metadata(data: bytes) -> dict[str, str]:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8: 8 + n])
