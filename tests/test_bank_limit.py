@@ -5,6 +5,7 @@ import torch
 from pbgan_core.bank import LayerBank
 from pbgan_core.cli import main
 from pbgan_core.engine import load_generators
+from pbgan_core.errors import PbganError
 from pbgan_core.plugins import get_plugins
 from pbgan_core.store import ModelStore
 from pbgan_plugins.networks import build_generator
@@ -127,6 +128,11 @@ def test_a_bounded_sequence_stores_its_rows_and_reloads_exactly(tmp_path):
             needed |= {bank.segments[int(i)].task for i in torch.bucketize(rows, starts, right=True).unique()}
     assert sorted(rel for rel in read if rel.startswith("bank/")) == sorted(
         e["bank_file"] for e in store.tasks if e["name"] in needed | {"four"})
+    # an earlier bank file whose header is damaged is one clear error, naming it, even when unread
+    damaged = model / store.task("two")["bank_file"]
+    damaged.write_bytes(damaged.read_bytes()[:3])
+    with pytest.raises(PbganError, match=f"{damaged.name} is not a valid safetensors file"):
+        load_generators(ModelStore(model), get_plugins(), "four")
 
 
 def test_a_layer_bank_reads_only_the_parts_holding_the_rows_asked_for():
