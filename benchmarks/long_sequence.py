@@ -251,11 +251,16 @@ def costs(args) -> None:
     tasks = ModelStore(model).tasks
     first = stored_options(tasks[0])
     size, ngf = int(first["size"]), int(first["ngf"])
-    print("| t | bank / standalone | load s | first use / dense | step / plain | start next s | verify s / task |"
-          "\n|---|---|---|---|---|---|---|", flush=True)
+    print("| t | bank / standalone | load s | files read / standalone | first use / dense | step / plain | "
+          "start next s | verify s / task |\n|---|---|---|---|---|---|---|---|", flush=True)
+    standalone_bytes = 4 * sum(p.numel() for p in unet(size, ngf).parameters())
     for t in args.at:
         entry = tasks[t - 1]
         load = median_time(lambda: load_generators(ModelStore(model), plugins, entry["name"]), args.repeat)
+        reading = ModelStore(model)
+        read_tensors, read = reading.read_tensors, []
+        reading.read_tensors = lambda rel, sha: (read.append((model / rel).stat().st_size), read_tensors(rel, sha))[1]
+        load_generators(reading, plugins, entry["name"])
         store = ModelStore(model)
         gen = load_generators(store, plugins, entry["name"], materialize=False)[1]["G"]
         first_use = first_use_ratio(gen, size, args.repeat)
@@ -278,8 +283,8 @@ def costs(args) -> None:
         assert verify_model(prefix, plugins, lambda name, problems: None) == 0
         verify = (time.perf_counter() - begun) / t
         ratio = ModelStore(model).load_bank(t).size() / sum(p.numel() for p in unet(size, ngf).parameters())
-        print(f"| {t} | {ratio:.2f} | {load:.3f} | {first_use:.2f} | {step:.2f} | {start:.3f} | {verify:.3f} |",
-              flush=True)
+        print(f"| {t} | {ratio:.2f} | {load:.3f} | {sum(read) / standalone_bytes:.2f} | {first_use:.2f} | "
+              f"{step:.2f} | {start:.3f} | {verify:.3f} |", flush=True)
 
 
 def synthetic(args) -> None:

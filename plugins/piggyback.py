@@ -38,9 +38,10 @@ BUDGET = 0.3
 # --bank-limit: a later task's layer combines at most this many times its filter count of bank
 # filters; measured against the whole bank and a warm full copy over 100 tasks (BENCHMARKS.md)
 BANK_LIMIT = 1.0
-# --bank-segments: bank files a later task's rows come from (at a 0.2 free share, 6 files hold
-# 1.2x a large layer's filter count, enough for --bank-limit 1)
-BANK_SEGMENTS = 6
+# --bank-segments: bank files a later task's rows come from. The first task's file holds a whole
+# generator, a later task's about 0.25 of one, so 3 files (or, without the first task's, the 5-6
+# needed for --bank-limit 1) make loading a task read at most about 1.4x what task 2's load reads.
+BANK_SEGMENTS = 3
 
 
 def free_count(filters: int, share: float) -> int:
@@ -309,7 +310,7 @@ class PiggybackFactorizer(FilterConvFactorizer):
                "with every task (the paper's setting)", min=0),
         Option("bank-segments", BANK_SEGMENTS, "with --bank-limit: a later task takes its bank filters from at "
                "most this many tasks' bank files (those carrying most of the latest task's filters; more only where "
-               "they hold too few), so loading it reads as many files at task 100 as at task 10; 0: no bound",
+               "they hold too few), so loading it reads about as much at task 100 as at task 2; 0: no bound",
                min=0),
         Option("unit-rows", True, "piggyback filters combine the bank filters scaled to unit size, and fresh free "
                "filters start at unit size, so filter sizes, which drift freely in layers followed by normalization, "
