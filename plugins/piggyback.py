@@ -170,12 +170,23 @@ class PiggybackConv(FilterConv):
         traffic = spatial_out * (n + 2 * self.out_filters) * (2 if grad else 1)
         return bank + BANK_ELEMENT_COST * traffic < dense
 
+    def _bank_weight(self) -> torch.Tensor:
+        """The bank as the bank path convolves with it. A transposed conv takes its filters
+        in-channel-major, so its frozen bank is laid out that way once, not copied every step."""
+        if not self.transposed:
+            return self.bank
+        cached = getattr(self, "_bank_in_major", None)
+        if cached is None or cached[0] is not self.bank:
+            cached = (self.bank, self.bank.transpose(0, 1).contiguous().transpose(0, 1))
+            self._bank_in_major = cached
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.coef is None or not self._bank_path_is_cheaper(x):
             return self.conv(x, self.filters(), self.bias)
         bias = (None, None) if self.bias is None else (self.bias[: self.free_count], self.bias[self.free_count:])
         free = self.conv(x, self.free, None if self.mix_free else bias[0])
-        basis = self.conv(x, self.bank)
+        basis = self.conv(x, self._bank_weight())
         if self.mix_free:  # the basis holds the free filters' responses before their bias
             basis = torch.cat([basis, free], dim=1)
             if bias[0] is not None:
