@@ -293,7 +293,8 @@ def synthetic(args) -> None:
     fac = PiggybackFactorizer()
     opts = {} if args.bank_limit is None else {"bank_limit": args.bank_limit}
     first = fac.wrap(unet(args.size, args.ngf), {}, opts)
-    parts: dict[str, list] = {k: [(len(v), (lambda v=v: v))] for k, v in fac.split(first)[1].items()}
+    # as a file holds them (filter-major and contiguous, as the store reads them back)
+    parts: dict[str, list] = {k: [(len(v), (lambda v=v.contiguous(): v))] for k, v in fac.split(first)[1].items()}
     weights = {k: v[0][1]()[0].numel() for k, v in parts.items()}  # per filter
     previous = None
     print("| t | stored | bank / standalone | basis (largest layer) | start s | step / plain | first use / dense |"
