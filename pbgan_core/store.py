@@ -126,6 +126,7 @@ class ModelStore:
         # bank segments already read and verified: files are never rewritten, so switching
         # tasks in one process reads only the task's own file
         self._segments: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        self._shapes: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}  # from bank files' headers
 
     # --- manifest -------------------------------------------------------------------
     def refresh(self) -> None:
@@ -336,8 +337,9 @@ class ModelStore:
         bank = FilterBank()
         for entry in self.tasks[: len(self.tasks) if length is None else length]:
             key = (entry["bank_file"], entry["bank_sha256"])
-            bank.add(Segment(entry["name"], entry["bank_sha256"], self._segments.get(key),
-                             shapes=self._segment_shapes(entry["bank_file"]),
+            if key not in self._shapes:
+                self._shapes[key] = self._segment_shapes(entry["bank_file"])
+            bank.add(Segment(entry["name"], entry["bank_sha256"], self._segments.get(key), shapes=self._shapes[key],
                              read=lambda key=key: self._read_segment(key)))
         return bank
 
