@@ -94,8 +94,8 @@ class LayerBank:
             where = (part == p).nonzero().flatten()
             chunks.append(self._parts[p][1]().index_select(0, index[where] - self._starts[p]))
             places.append(where)
-        if not chunks:
-            return self.all()[:0]
+        if not chunks:  # no rows asked for: the right shape and dtype, from one part
+            return self._parts[0][1]()[:0]
         gathered = torch.cat(chunks)
         out = torch.empty_like(gathered)
         out[torch.cat(places)] = gathered

@@ -231,14 +231,13 @@ def candidate_weights(bank: LayerBank, previous: Mapping[str, torch.Tensor] | No
     return candidates, weight * norms
 
 
-def choose_rows(bank: torch.Tensor | LayerBank, limit: int, previous: Mapping[str, torch.Tensor] | None,
-                previous_scale: float, parts: Collection[int] | None = None, previous_unit: bool = False) -> torch.Tensor:
-    """The `limit` bank rows a later task combines (ascending): those carrying most of the latest
-    task's filters (`candidate_weights`), so the cost of choosing, like the task itself, does not
-    grow with the bank. Only rows of the bank `parts` (segments) given are taken while they hold
+def choose_rows(bank: torch.Tensor | LayerBank, limit: int, candidates: torch.Tensor, weight: torch.Tensor,
+                parts: Collection[int] | None = None) -> torch.Tensor:
+    """The `limit` bank rows a later task combines (ascending): the `candidates` carrying most of the
+    latest task's filters (`candidate_weights`), so the cost of choosing, like the task itself, does
+    not grow with the bank. Only rows of the bank `parts` (segments) given are taken while they hold
     enough; rows still missing are the newest others."""
     bank = LayerBank.of(bank)
-    candidates, weight = candidate_weights(bank, previous, previous_scale, previous_unit)
     if parts is not None:
         inside = torch.isin(bank.part_of(candidates), torch.tensor(sorted(parts), dtype=torch.long))
         candidates, weight = candidates[inside], weight[inside]
@@ -258,29 +257,29 @@ def choose_rows(bank: torch.Tensor | LayerBank, limit: int, previous: Mapping[st
 
 
 def choose_segments(banks: Mapping[str, LayerBank], counts: Mapping[str, int],
-                    previous: Mapping[str, Mapping[str, torch.Tensor] | None], previous_scale: float,
-                    most: int, previous_unit: bool = False) -> list[int] | None:
+                    weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], most: int) -> list[int] | None:
     """The bank segments a later task takes its rows from, the same for all its layers, so that
     loading it reads at most `most` bank files (more only where those hold fewer rows than a layer
-    combines). Segments are ranked by the share of the latest task's filters they carry, summed over
-    the layers; the newest first among equals. None: no bound (`most` 0, or layers with unequal
-    segment lists)."""
+    combines). Segments are ranked by the share of the latest task's filters they carry (`weights`:
+    layer -> `candidate_weights`), summed over the layers; the newest first among equals. None: no
+    bound (`most` 0, or layers with unequal segment lists)."""
     parts = {bank.parts for bank in banks.values()}
     if not most or len(parts) != 1:
         return None
     total = parts.pop()
     score = torch.zeros(total, dtype=torch.float64)
     for path, bank in banks.items():
-        candidates, weight = candidate_weights(bank, previous.get(path), previous_scale, previous_unit)
+        candidates, weight = weights[path]
         if weight.sum() > 0:
             score.index_add_(0, bank.part_of(candidates), weight / weight.sum())
-    order = sorted(range(total), key=lambda p: (-float(score[p]), -p))
     kept: list[int] = []
-    for p in order:
-        roomy = all(sum(len(bank.part_rows(q)) for q in kept) >= counts[path] for path, bank in banks.items())
-        if len(kept) >= most and roomy:
+    held = dict.fromkeys(banks, 0)  # rows the kept segments hold, per layer
+    for p in sorted(range(total), key=lambda p: (-float(score[p]), -p)):
+        if len(kept) >= most and all(held[path] >= counts[path] for path in banks):
             break
         kept.append(p)
+        for path, bank in banks.items():
+            held[path] += len(bank.part_rows(p))
     return sorted(kept)
 
 
@@ -369,23 +368,22 @@ class PiggybackFactorizer(FilterConvFactorizer):
         state = (previous or {}).get("state") or {}
         previous_scale = float((previous or {}).get("options", {}).get("coef_scale", 1.0))
         previous_unit = bool((previous or {}).get("options", {}).get("unit_rows", False))
-        # layers that combine some of their bank's rows, with the latest task's state of each
+        # layers without bank filters (all free), and those combining some of their bank's rows
+        all_free = {path for path in convs if (path == last and free_last) or shares[path] >= 1.0}
         bounded = {path: LayerBank.of(bank[path]) for path in convs
-                   if path in bank and not ((path == last and free_last) or shares[path] >= 1.0)
-                   and counts[path] < len(bank[path])}
-        mine = {path: {k[len(path) + 1:]: v for k, v in state.items() if k.startswith(f"{path}.")} or None
-                for path in bounded}
-        parts = (choose_segments(bounded, counts, mine, previous_scale, int(opts["bank_segments"]), previous_unit)
-                 if initialize else None)
+                   if path in bank and path not in all_free and counts[path] < len(bank[path])}
+        if initialize:  # weigh each bounded layer's candidate rows once, for its segments and its rows
+            weights = {}
+            for path, layer_bank in bounded.items():
+                mine = {k[len(path) + 1:]: v for k, v in state.items() if k.startswith(f"{path}.")}
+                weights[path] = candidate_weights(layer_bank, mine or None, previous_scale, previous_unit)
+            parts = choose_segments(bounded, counts, weights, int(opts["bank_segments"]))
 
         def make(path: str, conv: nn.Module) -> nn.Module:
-            layer_bank = bank.get(path)
-            if (path == last and free_last) or shares[path] >= 1.0:
-                layer_bank = None
+            layer_bank = None if path in all_free else bank.get(path)
             rows = None
             if path in bounded:
-                rows = (choose_rows(bounded[path], counts[path], mine[path], previous_scale, parts, previous_unit)
-                        if initialize
+                rows = (choose_rows(bounded[path], counts[path], *weights[path], parts) if initialize
                         else torch.zeros(counts[path], dtype=torch.long))  # the stored rows replace these
             return WRAPPERS[type(conv)](conv, layer_bank, shares[path] if layer_bank is not None else 1.0, initialize,
                                         coef_scale, str(opts["free_init"]),

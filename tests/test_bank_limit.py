@@ -9,7 +9,7 @@ from pbgan_core.errors import PbganError
 from pbgan_core.plugins import get_plugins
 from pbgan_core.store import ModelStore
 from pbgan_plugins.networks import build_generator
-from pbgan_plugins.piggyback import PiggybackConv, PiggybackFactorizer, choose_rows, choose_segments
+from pbgan_plugins.piggyback import PiggybackConv, PiggybackFactorizer, candidate_weights, choose_rows, choose_segments
 
 from .conftest import FACADES, TINY, needs_data
 
@@ -70,13 +70,14 @@ def test_segments_kept_are_those_carrying_most_of_the_latest_task():
     # the latest task combined rows 0, 5, 9, 13 (files 0, 1, 2, 3) and added file 4 (its free filters)
     previous = {"rows": torch.tensor([0, 5, 9, 13]), "free": torch.zeros(4, 4, 3, 3),
                 "coef": torch.tensor([[0.1], [9.0], [0.2], [8.0], [0.0], [0.0], [0.0], [0.0]])}
-    kept = choose_segments({"layer": bank}, {"layer": 4}, {"layer": previous}, 1.0, 2)
+    weights = {"layer": candidate_weights(bank, previous, 1.0)}
+    kept = choose_segments({"layer": bank}, {"layer": 4}, weights, 2)
     assert kept == [1, 3]  # files 1 and 3 carry more than the free filters' file 4 (weight 1 a row)
-    rows = choose_rows(bank, 4, previous, 1.0, kept)
+    rows = choose_rows(bank, 4, *weights["layer"], kept)
     assert rows.tolist() == [5, 13, 14, 15]  # the two weighted rows, then the newest others of those files
     # files too small for the layer's count: more are kept, by weight
-    assert choose_segments({"layer": bank}, {"layer": 9}, {"layer": previous}, 1.0, 2) == [1, 3, 4]
-    assert choose_segments({"layer": bank}, {"layer": 4}, {"layer": previous}, 1.0, 0) is None
+    assert choose_segments({"layer": bank}, {"layer": 9}, weights, 2) == [1, 3, 4]
+    assert choose_segments({"layer": bank}, {"layer": 4}, weights, 0) is None
 
 
 def test_rows_kept_are_those_the_latest_task_used_most():
@@ -84,11 +85,11 @@ def test_rows_kept_are_those_the_latest_task_used_most():
     # the latest task combined rows 0-5 (weights by row) and added free rows 8, 9
     previous = {"rows": torch.tensor([0, 1, 2, 3, 4, 5]), "free": torch.zeros(2, 4, 3, 3),
                 "coef": torch.tensor([[5.0], [0.0], [3.0], [0.01], [4.0], [2.0]])}
-    chosen = choose_rows(bank, 5, previous, 1.0)
+    chosen = choose_rows(bank, 5, *candidate_weights(LayerBank.of(bank), previous, 1.0))
     # weights 5, 4, 3, 2 for rows 0, 4, 2, 5; 1 for each free row (8 first on a tie); 0.01 and 0 dropped
     assert chosen.tolist() == [0, 2, 4, 5, 8]
     # without the latest task's coefficients: the newest rows
-    assert choose_rows(bank, 3, None, 1.0).tolist() == [7, 8, 9]
+    assert choose_rows(bank, 3, *candidate_weights(LayerBank.of(bank), None, 1.0)).tolist() == [7, 8, 9]
 
 
 @needs_data(FACADES)
